@@ -1,0 +1,33 @@
+# Two entry points: `make report` and `make test`. Both build .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.slimbench-installed
+
+.PHONY: report test bench lint baselines clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	touch $(STAMP)
+
+report: $(STAMP)
+	$(BIN)/slimbench report --models resnet56
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests suites -q -p no:cacheprovider
+
+# Timed suites (pytest-benchmark); see README "Benchmarks".
+bench: $(STAMP)
+	$(BIN)/python -m pytest suites --benchmark -q
+
+baselines: $(STAMP)
+	$(BIN)/python -m pytest suites -q --update-baselines
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .benchmarks

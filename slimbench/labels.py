@@ -1,0 +1,74 @@
+"""Channel labels: which channel of which space each position of a tensor's dim 1 carries.
+
+Every traced tensor gets a label tensor. A *code* packs a global channel id and one bit:
+``code = gid * 2 + z`` where ``z`` says "this value is exactly zero when the channel's class is
+pruned" (set by a BN whose gamma and beta are zeroed, kept through ReLU-like ops and products).
+
+A label is either a ``Chan`` (1-D codes along dim 1; constant over the other dims, the common
+case) or a ``Full`` (codes for every element), needed only while a reshape or transpose moves
+channels around (channel shuffle); ``Full`` collapses back to ``Chan`` whenever it can.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Chan:
+    codes: Tensor  # int64, shape (C,)
+
+    def full(self, shape: torch.Size) -> Tensor:
+        view = [1] * len(shape)
+        view[1] = -1
+        return self.codes.view(view).expand(shape)
+
+
+@dataclass(frozen=True)
+class Full:
+    codes: Tensor  # int64, same shape as the value
+
+
+Label = Chan | Full
+
+
+def gids(codes: Tensor) -> Tensor:
+    return codes >> 1
+
+
+def zbit(codes: Tensor) -> Tensor:
+    return codes & 1
+
+
+def with_z(codes: Tensor, z: bool | Tensor) -> Tensor:
+    if isinstance(z, bool):
+        return (codes & ~1) | int(z)
+    return (codes & ~1) | z.to(codes.dtype)
+
+
+def as_full(label: Label, shape: torch.Size) -> Tensor:
+    return label.full(shape) if isinstance(label, Chan) else label.codes
+
+
+def collapse(codes: Tensor) -> Label:
+    """``Chan`` when codes are constant over every dim but 1, else ``Full``."""
+    if codes.dim() < 2:
+        return Full(codes)
+    moved = codes.movedim(1, 0).reshape(codes.shape[1], -1)
+    first = moved[:, :1]
+    if bool((moved == first).all()):
+        return Chan(first.reshape(-1).clone())
+    return Full(codes)
+
+
+def channel_codes(label: Label | None) -> Tensor | None:
+    """Codes along dim 1, or None when dim 1 does not hold whole channels."""
+    if isinstance(label, Chan):
+        return label.codes
+    if isinstance(label, Full):
+        collapsed = collapse(label.codes)
+        return collapsed.codes if isinstance(collapsed, Chan) else None
+    return None

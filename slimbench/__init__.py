@@ -4,6 +4,7 @@ Pipeline: trace (trace, graph) -> plan (criteria, plan) -> prune (surgery) -> pr
 -> measure (latency) -> report.
 """
 
+from .checkpoint import load_pruned_model, save_pruned_model
 from .graph import explain, prunable_bn_names
 from .modules import ChannelSelection, MaskedBatchNorm
 from .plan import PruningPlan
@@ -17,6 +18,8 @@ __all__ = [
     "MaskedBatchNorm",
     "PruningPlan",
     "explain",
+    "load_pruned_model",
+    "save_pruned_model",
     "plan",
     "prunable_bn_names",
     "prune",

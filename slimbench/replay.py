@@ -179,7 +179,7 @@ class Builder:
             self.convs[name] = ConvRecord(name, "dense", gids(codes).numpy(), gids(out).numpy())
             return Chan(out)
         if isinstance(module, _BatchNorm) and codes is not None:
-            if self.select and src in self.merged and self.private(node):
+            if self.select and (src in self.merged or len(src.users) > 1) and self.private(node):
                 self.consume(codes, name)
                 out = self.new_space(module.num_features, "selector", name, z=True)
                 self.bns[name] = BNRecord(name, gids(out).numpy(), True, gids(codes).numpy())
@@ -221,10 +221,11 @@ class Builder:
                 module = self.modules[user.target]
                 if isinstance(module, nn.Linear) or (isinstance(module, _ConvNd) and module.groups == 1):
                     continue
-                if ops.pointwise_zero_preserving(module) and self.private(user):
+                if (ops.pointwise_zero_preserving(module) or isinstance(module, nn.Flatten)) and self.private(user):
                     continue
-            elif user.op in ("call_function", "call_method") and ops.pointwise_zero_preserving(
-                    user.target) and len(user.all_input_nodes) == 1 and self.private(user):
+            elif user.op in ("call_function", "call_method") and (
+                    ops.pointwise_zero_preserving(user.target) or user.target in ops.FLATTENS
+            ) and len(user.all_input_nodes) == 1 and self.private(user):
                 continue
             return False
         return bool(node.users)
@@ -438,6 +439,9 @@ def _meta_call(module: nn.Module, args, kwargs):
     """Run a leaf module on meta tensors without touching its parameters or state."""
     x = args[0] if args else None
     if isinstance(module, _ConvNd) and not module.transposed:
+        if x.dim() < 2 or x.shape[1] != module.in_channels:
+            raise ValueError(f"{type(module).__name__} expects {module.in_channels} input channels, "
+                             f"got a tensor of shape {tuple(x.shape)}")
         weight = module.weight.to("meta")
         bias = module.bias.to("meta") if module.bias is not None else None
         return module._conv_forward(x, weight, bias)
@@ -451,7 +455,14 @@ def _meta_call(module: nn.Module, args, kwargs):
             raise ValueError(f"expected {module.num_features} channels, got input of shape {tuple(x.shape)}")
         return torch.empty_like(x)
     state = {**dict(module.named_parameters()), **dict(module.named_buffers())}
-    if not state:
-        return module.forward(*args, **kwargs)  # .forward: no user hooks fire on meta tensors
-    meta_state = {k: v.to("meta") for k, v in state.items()}
-    return torch.func.functional_call(module, meta_state, args, kwargs)
+    try:
+        if not state:
+            return module.forward(*args, **kwargs)  # .forward: no user hooks fire on meta tensors
+        return torch.func.functional_call(module, {k: v.to("meta") for k, v in state.items()}, args, kwargs)
+    except (RuntimeError, NotImplementedError):
+        # data-dependent code (an opaque leaf) cannot run on meta: run it on zeros, on copies of its state
+        real = fx.node.map_aggregate(args, lambda a: torch.zeros(a.shape, dtype=a.dtype)
+                                     if isinstance(a, Tensor) else a)
+        copies = {k: v.detach().clone() for k, v in state.items()}
+        out = torch.func.functional_call(module, copies, real, kwargs)
+        return fx.node.map_aggregate(out, lambda t: t.to("meta") if isinstance(t, Tensor) else t)

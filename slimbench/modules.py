@@ -74,6 +74,9 @@ class MaskedBatchNorm(_BatchNorm):
         position = torch.cumsum(in_keep.long(), 0) - 1
         new = cls(position[keep], int(in_keep.sum()), bn.eps, bn.momentum, bn.affine,
                   bn.track_running_stats)
+        like = bn.weight if bn.affine else bn.running_mean
+        if like is not None:
+            new = new.to(device=like.device, dtype=like.dtype)
         with torch.no_grad():
             if bn.affine:
                 new.weight.copy_(bn.weight[keep])
@@ -83,7 +86,7 @@ class MaskedBatchNorm(_BatchNorm):
                 new.running_var.copy_(bn.running_var[keep])
                 new.num_batches_tracked.copy_(bn.num_batches_tracked)
         new.train(bn.training)
-        return new.to(device=bn.weight.device if bn.affine else None)
+        return new
 
     def extra_repr(self) -> str:
         return f"{self.in_channels} -> {self.num_features}, " + super().extra_repr()

@@ -1,0 +1,55 @@
+"""``slimbench prune MODEL``: plan, prune and save; prints the per-layer summary."""
+
+from __future__ import annotations
+
+import argparse
+
+from tabulate import tabulate
+
+from .checkpoint import save_pruned_model
+from .criteria import METHODS
+from .explain_cli import resolve_model
+from .plan import BRANCH_MODES, RESIDUAL_MODES
+from .surgery import plan as make_plan
+from .surgery import prune
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="torchvision model name or a slimbench registry name")
+    parser.add_argument("--checkpoint", help="load these (unpruned) weights first: a state dict file")
+    parser.add_argument("--dataset", default=None)
+    parser.add_argument("--input-size", type=int, nargs="+", default=None, metavar="N")
+    parser.add_argument("--method", choices=list(METHODS), default="network_slimming")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--ratio", type=float, default=0.5, help="fraction of prunable channels to remove")
+    budget.add_argument("--target-macs", type=float, help="fraction of the unpruned MACs to keep")
+    parser.add_argument("--round-to", type=int, default=1)
+    parser.add_argument("--residual", choices=RESIDUAL_MODES, default="keep")
+    parser.add_argument("--branches", choices=BRANCH_MODES, default="keep")
+    parser.add_argument("--output", "-o", help="write the pruned model (with its plan) here")
+    parser.add_argument("--plan-json", help="also write the plan as JSON here")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    model, shape = resolve_model(args.model, args.dataset, args.input_size)
+    if args.checkpoint:
+        state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    plan = make_plan(model, shape, method=args.method, ratio=args.ratio, target_macs=args.target_macs,
+                     round_to=args.round_to, residual=args.residual, branches=args.branches)
+    pruned = prune(model, plan=plan)
+    rows = [r for r in plan.summary() if r["after"] != r["before"]]
+    print(tabulate(rows, headers="keys", tablefmt="github"))
+    print(f"\nconv+linear MACs: {plan.macs_before / 1e6:.2f}M -> {plan.macs_after / 1e6:.2f}M "
+          f"({1 - plan.macs_after / plan.macs_before:.1%} fewer); {plan.pruned_channels} BN channels removed")
+    if args.output:
+        print(f"saved to {save_pruned_model(pruned, args.output, plan=plan)}")
+    if args.plan_json:
+        from pathlib import Path
+
+        tmp = Path(args.plan_json).with_suffix(".json.tmp")
+        tmp.write_text(plan.to_json(indent=1))
+        tmp.replace(args.plan_json)
+    return 0

@@ -1,0 +1,34 @@
+"""The core's commands: ``slimbench explain`` and ``slimbench prune``."""
+
+import torch
+import torchvision
+
+import slimbench
+from slimbench.cli import main
+
+
+def test_explain_prints_a_row_per_bn(capsys):
+    assert main(["explain", "resnet18", "--input-size", "3", "32", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "layer1.0.bn1" in out and "coupled (residual)" in out and "prunable" in out
+
+
+def test_prune_writes_a_loadable_model(tmp_path, capsys):
+    out_path, plan_path = tmp_path / "r18.pt", tmp_path / "plan.json"
+    assert main(["prune", "resnet18", "--input-size", "3", "32", "32", "--ratio", "0.4", "--round-to", "4",
+                 "-o", str(out_path), "--plan-json", str(plan_path)]) == 0
+    text = capsys.readouterr().out
+    assert "fewer" in text and "saved to" in text
+    plan = slimbench.PruningPlan.from_json(plan_path.read_text())
+    loaded = slimbench.load_pruned_model(lambda: torchvision.models.resnet18(weights=None), out_path)
+    assert loaded.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 1000)
+    assert all(int(m.sum()) % 4 == 0 for m in plan.masks.values())
+
+
+def test_unknown_command_and_model():
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["frobnicate"])
+    with pytest.raises(SystemExit, match="unknown model 'nope'"):
+        main(["explain", "nope"])

@@ -1,0 +1,97 @@
+"""CI regression logic: counts against baselines, latency only as ratios within one run.
+An injected 15 % slowdown must be flagged; clean repeated runs must not be."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from slimbench.latency import Timing, measure, torch_runner
+from slimbench.regression import (
+    check_slowdown,
+    compare_counts,
+    find_latency_regressions,
+    latency_ratios,
+    load_baseline,
+    write_baseline,
+)
+
+
+def _noisy(name, median, n=60, spread=0.02, seed=0):
+    rng = random.Random(seed)
+    return Timing(name, tuple(median * (1 + rng.uniform(-spread, spread)) for _ in range(n)))
+
+
+def test_synthetic_15_percent_slowdown_flagged_and_clean_runs_not():
+    reference = {"resnet56/ns/0.5": _noisy("p", 6.0, seed=1).median_ms / _noisy("u", 10.0, seed=2).median_ms}
+    for seed in range(20):
+        clean = {"resnet56/ns/0.5": _noisy("p", 6.0, seed=10 + seed).median_ms
+                 / _noisy("u", 10.0, seed=50 + seed).median_ms}
+        assert find_latency_regressions(reference, clean) == []
+        slow = {"resnet56/ns/0.5": _noisy("p", 6.9, seed=10 + seed).median_ms
+                / _noisy("u", 10.0, seed=50 + seed).median_ms}
+        (found,) = find_latency_regressions(reference, slow)
+        assert found.case == "resnet56/ns/0.5" and found.change == pytest.approx(0.15, abs=0.03)
+        assert "resnet56/ns/0.5" in str(found) and "slower" in str(found)
+
+
+def test_latency_ratios_from_one_run():
+    timings = {"base": Timing("base", (10.0,)), "p50": Timing("p50", (5.0,)), "p70": Timing("p70", (3.0,))}
+    assert latency_ratios(timings, "base") == {"p50": 0.5, "p70": 0.3}
+    with pytest.raises(KeyError, match="reference 'nope'"):
+        latency_ratios(timings, "nope")
+
+
+def _slowed(runner, factor):
+    """The same work, then a busy wait so that each call takes ``factor`` times as long."""
+    def run():
+        start = time.perf_counter()
+        runner()
+        deadline = start + (time.perf_counter() - start) * factor
+        while time.perf_counter() < deadline:
+            pass
+    return run
+
+
+def test_measured_15_percent_slowdown_is_flagged_and_clean_reruns_are_not():
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+    run = torch_runner(model, (torch.randn(1, 3, 32, 32),))
+    options = dict(min_time_s=0.25, min_rounds=15, sample_ms=4.0)
+    for _ in range(3):
+        clean = measure({"reference": run, "candidate": run}, **options)
+        assert check_slowdown(clean["reference"], clean["candidate"]) is None
+    slow = measure({"reference": run, "candidate": _slowed(run, 1.15)}, **options)
+    flagged = check_slowdown(slow["reference"], slow["candidate"])
+    assert flagged is not None and 0.10 < flagged.change < 0.30
+
+
+def test_compare_counts_names_case_key_and_change():
+    baseline = {"vgg19/network_slimming/0.5": {"params": 1000, "macs": 2000}}
+    assert compare_counts(baseline, {"vgg19/network_slimming/0.5": {"params": 1000, "macs": 2000}}) == []
+    (msg,) = compare_counts(baseline, {"vgg19/network_slimming/0.5": {"params": 1000, "macs": 2030}}, what="cifar")
+    assert msg.startswith("cifar: vgg19/network_slimming/0.5 macs moved 2,000 -> 2,030 (+1.50%)")
+    assert "make baselines" in msg
+    (missing,) = compare_counts(baseline, {"vgg19/uniform/0.5": {"params": 1, "macs": 1}})
+    assert "vgg19/uniform/0.5 has no baseline" in missing
+
+
+def test_baseline_round_trip_is_atomic_and_stable(tmp_path):
+    path = tmp_path / "cifar.json"
+    cases = {"b": {"macs": 2, "params": 1}, "a": {"params": 3, "macs": 4}}
+    write_baseline(path, cases)
+    assert os.listdir(tmp_path) == ["cifar.json"]
+    assert load_baseline(path) == cases
+    text = path.read_text()
+    assert list(json.loads(text)["cases"]) == ["a", "b"]
+    write_baseline(path, dict(reversed(cases.items())))
+    assert path.read_text() == text
+    assert load_baseline(tmp_path / "none.json") == {}
+    path.write_text("{broken")
+    with pytest.raises(ValueError, match="not valid JSON.*make baselines"):
+        load_baseline(path)

@@ -7,6 +7,7 @@ options it was made with. ``slimbench.prune`` re-derives every conv/linear slice
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -186,6 +187,10 @@ def make_plan(model: nn.Module, example_inputs: ExampleInputs, *, method: str = 
     candidates = graph.prunable_classes()
     if residual != "shared":
         candidates &= ~graph.class_residual
+    values = importance[candidates]
+    if values.size and np.ptp(values) == 0:
+        warnings.warn("every prunable BN gamma has the same value (an untrained model?): the channel ranking "
+                      "is arbitrary; sparse-train first (slimbench.update_bn) for a meaningful plan", stacklevel=3)
     key, layers = _layers(graph)
     criterion = METHODS[method]
     base = graph.macs()

@@ -17,7 +17,7 @@ from .graph import ChannelGraph, ConvRecord, build_graph
 from .modules import MaskedBatchNorm
 from .plan import PruningPlan, keep_from_plan, make_plan
 from .sparsity import unwrap
-from .trace import ExampleInputs, trace
+from .trace import ExampleInputs, as_example_inputs, trace
 
 __all__ = ["prune", "zero", "zero_bn_channels", "plan"]
 
@@ -130,13 +130,15 @@ def _remove_branches(model: nn.Module, graph: ChannelGraph, p: PruningPlan) -> f
 
 
 def prune(model: nn.Module, example_inputs: ExampleInputs | None = None, *, plan: PruningPlan | None = None,
-          remove_branches: bool = True, **plan_options) -> nn.Module:
+          remove_branches: bool = True, fold_beta: bool = False, **plan_options) -> nn.Module:
     """A new, physically smaller model (the caller's model is not touched).
 
     Without ``plan``, one is made with ``slimbench.plan(model, example_inputs, **plan_options)``.
     The result is an instance of the model's own class, or a ``torch.fx.GraphModule`` with the
     same qualified names when residual branches were removed (``remove_branches=False`` keeps
-    them, with zero weights, as netslim did).
+    them, with zero weights, as netslim did). ``fold_beta=True`` adds the constant that pruned
+    channels emit in the trained model to the next layers' biases (see ``slimbench.folding``); the
+    result then tracks the unpruned model instead of the zeroed one.
     """
     if plan is None:
         if example_inputs is None:
@@ -172,6 +174,12 @@ def prune(model: nn.Module, example_inputs: ExampleInputs | None = None, *, plan
             for name in removed:
                 for param in modules[name].parameters(recurse=False):
                     param.zero_()
+    if fold_beta:
+        from .folding import fold_beta as fold
+
+        inputs = (as_example_inputs(example_inputs) if example_inputs is not None
+                  else tuple(torch.zeros(s) for s in plan.input_shapes))
+        fold(source, pruned, graph, keep, plan, inputs, removed if remove_branches else frozenset())
     if removed and remove_branches:
         return _remove_branches(pruned, graph, plan)
     return pruned

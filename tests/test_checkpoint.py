@@ -9,6 +9,7 @@ import torchvision
 from torch import fx
 
 import slimbench
+
 from helpers import randomize_bn
 from nets import PostActResidual, PreActResidual
 
@@ -103,6 +104,6 @@ def test_failed_save_leaves_existing_file(tmp_path):
     model, plan, pruned = pruned_resnet()
     path = slimbench.save_pruned_model(pruned, tmp_path / "m.pt", plan=plan)
     before = path.read_bytes()
-    with pytest.raises(Exception):
-        slimbench.save_pruned_model(pruned, path, plan=object())  # plan without to_json
+    with pytest.raises(AttributeError, match="to_json"):
+        slimbench.save_pruned_model(pruned, path, plan=object())  # fails before anything is written
     assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["m.pt"]

@@ -6,14 +6,15 @@ import torch
 import torchvision
 
 import slimbench
+from slimbench.criteria import global_threshold, network_slimming, optimal_thresholding, uniform
+
 from helpers import randomize_bn
 from nets import LoopOverChildren
-from slimbench.criteria import global_threshold, network_slimming, optimal_thresholding, uniform
 
 
 def layers_of(sizes):
     edges = np.cumsum([0, *sizes])
-    return [np.arange(a, b) for a, b in zip(edges[:-1], edges[1:])]
+    return [np.arange(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
 def test_network_slimming_uses_one_global_threshold():
@@ -70,3 +71,8 @@ def test_sparse_gamma_network_slimming_prunes_the_small_ones():
     plan = slimbench.plan(model, (3, 32, 32), ratio=0.1)  # 192 of 1920 candidates; 160 are tiny
     for name, n in small.items():
         assert not plan.masks[name][:n].any()
+
+
+def test_untrained_gamma_warns_that_the_ranking_is_arbitrary():
+    with pytest.warns(UserWarning, match="same value"):
+        slimbench.plan(LoopOverChildren(), (3, 16, 16), ratio=0.5)

@@ -6,9 +6,10 @@ import torchvision
 from torch import nn
 
 import slimbench
+from slimbench.graph import build_graph, format_explanation
+
 from helpers import assert_equivalent, randomize_bn
 from nets import BNShortcut, DenseConcat, LoopOverChildren, PostActResidual, PreActResidual, WithUntraceableChild
-from slimbench.graph import build_graph, format_explanation
 
 
 def rows_by_bn(model, shape, **kw):
@@ -116,7 +117,8 @@ def test_model_without_batchnorm_is_rejected():
 
 
 def test_wrong_input_shape_names_the_module():
-    with pytest.raises(ValueError, match=r"shape \[\(1, 1, 16, 16\)\] failed at module 'a.0'.*expects 3 input channels"):
+    message = r"shape \[\(1, 1, 16, 16\)\] failed at module 'a.0'.*expects 3 input channels"
+    with pytest.raises(ValueError, match=message):
         slimbench.plan(LoopOverChildren(), (1, 16, 16))
 
 

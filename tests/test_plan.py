@@ -7,9 +7,10 @@ import torch
 import torchvision
 
 import slimbench
+from slimbench import PruningPlan
+
 from helpers import assert_equivalent, conv_linear_macs, randomize_bn
 from nets import LoopOverChildren
-from slimbench import PruningPlan
 
 
 @pytest.fixture(scope="module")

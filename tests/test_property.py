@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import slimbench
+
 from helpers import assert_equivalent, conv_linear_macs, randomize_bn
 
 ACTS = {"relu": nn.ReLU, "silu": nn.SiLU, "none": nn.Identity}
@@ -40,7 +41,7 @@ class RandomNet(nn.Module):
 
     def forward(self, x):
         values = [x]
-        for op, layer in zip(self.spec, self.layers):
+        for op, layer in zip(self.spec, self.layers, strict=True):
             if op[0] in ("conv", "dw"):
                 values.append(layer(values[op[1]]))
             elif op[0] == "add":
@@ -60,7 +61,8 @@ def random_nets(draw):
         src = draw(st.integers(0, len(channels) - 1))
         kind = draw(st.sampled_from(["conv", "conv", "dw", "add", "cat"]))
         if kind == "conv" or src == 0 and kind != "add":
-            op = ("conv", src, draw(st.integers(2, 6)), draw(st.sampled_from([1, 3])), draw(st.sampled_from(list(ACTS))))
+            op = ("conv", src, draw(st.integers(2, 6)), draw(st.sampled_from([1, 3])),
+                  draw(st.sampled_from(list(ACTS))))
             channels.append(op[2])
         elif kind == "dw":
             op = ("dw", src, draw(st.sampled_from(list(ACTS))))

@@ -5,9 +5,10 @@ import torch
 from torch import fx
 
 import slimbench
+from slimbench.modules import MaskedBatchNorm
+
 from helpers import assert_equivalent, conv_linear_macs, randomize_bn
 from nets import DenseConcat, PostActResidual, PreActResidual
-from slimbench.modules import MaskedBatchNorm
 
 METHODS = ["network_slimming", "optimal_thresholding", "uniform"]
 MODELS = {"post-act residual": PostActResidual, "pre-act residual": PreActResidual, "concat": DenseConcat}

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import slimbench
+
 from nets import PostActResidual
 
 

@@ -5,6 +5,7 @@ import torch
 import torchvision
 
 import slimbench
+
 from helpers import assert_equivalent, conv_linear_macs, randomize_bn
 
 MODELS = [

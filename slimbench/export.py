@@ -49,6 +49,7 @@ def export_onnx(model: nn.Module, example_inputs: ExampleInputs, path: str | os.
             # The TorchScript exporter announces its own deprecation on every call.
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
+            warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
             torch.onnx.export(frozen, inputs, tmp, input_names=names, output_names=["output"],
                               opset_version=opset, dynamic_axes=dynamic_axes, dynamo=dynamo,
                               do_constant_folding=True)

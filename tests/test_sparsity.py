@@ -59,3 +59,19 @@ def test_errors():
         slimbench.update_bn_by_names(model, ["stem.2"], 1e-4)
     with pytest.raises(TypeError, match="collection of module names"):
         slimbench.update_bn_by_names(model, "stem.1", 1e-4)
+
+
+def test_distributed_data_parallel_wrapper(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
+    try:
+        model = PostActResidual()
+        ddp = nn.parallel.DistributedDataParallel(model)
+        ddp(torch.randn(2, 3, 8, 8)).sum().backward()
+        before = model.stem[1].weight.grad.clone()
+        assert slimbench.update_bn_by_names(ddp, ["module.stem.1"], s=0.25) == 1
+        assert torch.allclose(model.stem[1].weight.grad, before + 0.25 * torch.sign(model.stem[1].weight))
+        assert slimbench.prunable_bn_names(ddp, (3, 8, 8)) == slimbench.prunable_bn_names(model, (3, 8, 8))
+    finally:
+        dist.destroy_process_group()

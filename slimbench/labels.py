@@ -29,7 +29,7 @@ class Chan:
 
 @dataclass(frozen=True)
 class Full:
-    codes: Tensor  # int64, same shape as the value
+    codes: Tensor  # int64, same number of dims as the value; size-1 dims where codes are constant
 
 
 Label = Chan | Full
@@ -50,18 +50,24 @@ def with_z(codes: Tensor, z: bool | Tensor) -> Tensor:
 
 
 def as_full(label: Label, shape: torch.Size) -> Tensor:
-    return label.full(shape) if isinstance(label, Chan) else label.codes
+    """Codes broadcast to the value's shape (a view: nothing is materialised)."""
+    return label.full(shape) if isinstance(label, Chan) else label.codes.expand(shape)
+
+
+def compact(codes: Tensor) -> Tensor:
+    """Shrink every dim along which the codes do not change to size 1."""
+    for dim in range(codes.dim()):
+        if codes.shape[dim] > 1 and bool((codes == codes.narrow(dim, 0, 1)).all()):
+            codes = codes.narrow(dim, 0, 1)
+    return codes
 
 
 def collapse(codes: Tensor) -> Label:
-    """``Chan`` when codes are constant over every dim but 1, else ``Full``."""
-    if codes.dim() < 2:
-        return Full(codes)
-    moved = codes.movedim(1, 0).reshape(codes.shape[1], -1)
-    first = moved[:, :1]
-    if bool((moved == first).all()):
-        return Chan(first.reshape(-1).clone())
-    return Full(codes)
+    """``Chan`` when codes are constant over every dim but 1, else a compact ``Full``."""
+    codes = compact(codes)
+    if codes.dim() >= 2 and codes.numel() == codes.shape[1]:
+        return Chan(codes.reshape(-1).clone())
+    return Full(codes.clone())
 
 
 def channel_codes(label: Label | None) -> Tensor | None:

@@ -154,14 +154,16 @@ class Builder:
         if node.op == "call_module":
             module = self.modules[node.target]
             value = _meta_call(module, args, kwargs)
-            self.values[node] = value
-            self.labels[node] = self.module_label(node, module, value)
         else:
             fn = getattr(args[0], node.target) if node.op == "call_method" else node.target
             call_args = args[1:] if node.op == "call_method" else args
             value = fn(*call_args, **kwargs)
-            self.values[node] = value
-            self.labels[node] = self.function_label(node, value)
+        self.values[node] = value
+        try:
+            self.labels[node] = (self.module_label(node, module, value) if node.op == "call_module"
+                                 else self.function_label(node, value))
+        except Exception as err:  # never guess: channels we fail to follow are frozen
+            self.labels[node] = self.opaque(node, value, f"{_describe(node)}: channels not traceable ({err})")
 
     # -- modules -------------------------------------------------------------------------------
     def module_label(self, node: fx.Node, module: nn.Module, value):
@@ -328,15 +330,21 @@ class Builder:
         shape = self.values[src].shape
         full = as_full(arg_labels[0], shape)
         args, kwargs = self.concrete(node)
-        if node.op == "call_module":
-            out = self.modules[node.target](full)
-        elif node.op == "call_method":
-            out = getattr(full, node.target)(*args[1:], **kwargs)
-        else:
-            out = node.target(full, *args[1:], **kwargs)
+
+        def replay(codes: Tensor):
+            if node.op == "call_module":
+                return self.modules[node.target](codes)
+            if node.op == "call_method":
+                return getattr(codes, node.target)(*args[1:], **kwargs)
+            return node.target(codes, *args[1:], **kwargs)
+
+        try:
+            out = replay(full)
+        except RuntimeError:  # a view of the broadcast labels can need real strides
+            out = replay(full.contiguous())
         in_codes = channel_codes(arg_labels[0])
         if isinstance(out, Tensor):
-            label = collapse(out.contiguous())
+            label = collapse(out)
             out_codes = channel_codes(label)
             same = (in_codes is not None and out_codes is not None and out.dim() == len(shape)
                     and torch.equal(out_codes, in_codes))
@@ -349,7 +357,7 @@ class Builder:
             self.freeze(arg_labels[0], f"{_describe(node)} depends on the channel count")
             return label
         self.freeze(arg_labels[0], f"{_describe(node)} splits the channels")
-        return type(out)(collapse(t.contiguous()) for t in out)
+        return type(out)(collapse(t) for t in out)
 
     def pad_label(self, node: fx.Node, label: Label, value: Tensor):
         args, kwargs = self.concrete(node)

@@ -41,6 +41,11 @@ class ChannelGraph:
     fallback_leaves: list[str] = field(default_factory=list)
 
     @property
+    def shape_specialised(self) -> bool:
+        """Tracing needed concrete shapes: the forward's path depends on them."""
+        return bool(self.gm.meta.get("slimbench_shape_specialised", False))
+
+    @property
     def n_classes(self) -> int:
         return len(self.class_reason)
 
@@ -76,7 +81,7 @@ def build_graph(model: nn.Module, example_inputs: ExampleInputs, *, residual: st
                 leaf_modules=()) -> ChannelGraph:
     """Trace ``model`` and compute its channel classes. The model is not modified."""
     inputs = as_example_inputs(example_inputs)
-    gm, fallbacks = trace(model, leaf_modules)
+    gm, fallbacks = trace(model, leaf_modules, inputs)
     builder = Builder(gm, select=residual == "select")
     with torch.no_grad():
         builder.run(inputs)

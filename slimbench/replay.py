@@ -153,7 +153,7 @@ class Builder:
         kwargs = fx.node.map_arg(node.kwargs, self.values.__getitem__)
         if node.op == "call_module":
             module = self.modules[node.target]
-            value = _meta_call(module, args, kwargs)
+            value = meta_call(module, args, kwargs)
         else:
             fn = getattr(args[0], node.target) if node.op == "call_method" else node.target
             call_args = args[1:] if node.op == "call_method" else args
@@ -443,7 +443,7 @@ def _has_literal_sizes(node: fx.Node) -> bool:
     return any(isinstance(s, int) and s != -1 for s in list(sizes)[1:])
 
 
-def _meta_call(module: nn.Module, args, kwargs):
+def meta_call(module: nn.Module, args, kwargs):
     """Run a leaf module on meta tensors without touching its parameters or state."""
     x = args[0] if args else None
     if isinstance(module, _ConvNd) and not module.transposed:

@@ -17,7 +17,7 @@ from .graph import ChannelGraph, ConvRecord, build_graph
 from .modules import MaskedBatchNorm
 from .plan import PruningPlan, keep_from_plan, make_plan
 from .sparsity import unwrap
-from .trace import ExampleInputs, as_example_inputs, trace
+from .trace import ExampleInputs, as_example_inputs
 
 __all__ = ["prune", "zero", "zero_bn_channels", "plan"]
 
@@ -106,27 +106,31 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, leaf, module)
 
 
-def _remove_branches(model: nn.Module, graph: ChannelGraph, p: PruningPlan) -> fx.GraphModule:
-    gm, _ = trace(model)
-    nodes = {n.name: n for n in gm.graph.nodes}
-    for branch in graph.branches:
-        if branch.bn not in p.branches:
-            continue
+def _as_graph_module(model: nn.Module, graph: ChannelGraph, branches: list[str]) -> fx.GraphModule:
+    """The traced graph (a copy) over the pruned modules, with ``branches`` cut out.
+
+    Used when branches are removed, and when tracing had to specialise on tensor shapes (the
+    model's own forward could take another path once its channel counts change).
+    """
+    g = copy.deepcopy(graph.gm.graph)
+    nodes = {n.name: n for n in g.nodes}
+    chosen = [b for b in graph.branches if b.bn in branches]
+    for branch in chosen:
         add = nodes[branch.add_node]
         add.replace_all_uses_with(add.args[1 - branch.operand])
-    dead = set().union(*(b.nodes for b in graph.branches if b.bn in p.branches)) | {
-        b.add_node for b in graph.branches if b.bn in p.branches}
-    for node in reversed(list(gm.graph.nodes)):
+    dead = set().union(*(b.nodes for b in chosen), {b.add_node for b in chosen})
+    for node in reversed(list(g.nodes)):
         if node.name in dead:
-            gm.graph.erase_node(node)
-    for node in gm.graph.nodes:  # the surviving operand may be read elsewhere: no in-place ops on it
-        if node.kwargs.get("inplace"):
-            node.kwargs = {**node.kwargs, "inplace": False}
-    for module in gm.modules():
-        if getattr(module, "inplace", False) is True:
-            module.inplace = False
-    gm.graph.lint()
-    return fx.GraphModule(gm, gm.graph, class_name=type(model).__name__)
+            g.erase_node(node)
+    if chosen:  # the surviving operand may be read elsewhere: no in-place ops on it
+        for node in g.nodes:
+            if node.kwargs.get("inplace"):
+                node.kwargs = {**node.kwargs, "inplace": False}
+        for module in model.modules():
+            if getattr(module, "inplace", False) is True:
+                module.inplace = False
+    g.lint()
+    return fx.GraphModule(model, g, class_name=type(model).__name__)
 
 
 def prune(model: nn.Module, example_inputs: ExampleInputs | None = None, *, plan: PruningPlan | None = None,
@@ -136,9 +140,10 @@ def prune(model: nn.Module, example_inputs: ExampleInputs | None = None, *, plan
     Without ``plan``, one is made with ``slimbench.plan(model, example_inputs, **plan_options)``.
     The result is an instance of the model's own class, or a ``torch.fx.GraphModule`` with the
     same qualified names when residual branches were removed (``remove_branches=False`` keeps
-    them, with zero weights, as netslim did). ``fold_beta=True`` adds the constant that pruned
-    channels emit in the trained model to the next layers' biases (see ``slimbench.folding``); the
-    result then tracks the unpruned model instead of the zeroed one.
+    them, with zero weights, as netslim did) or when the forward branches on tensor shapes.
+    ``fold_beta=True`` adds the constant that pruned channels emit in the trained model to the
+    next layers' biases (see ``slimbench.folding``); the result then tracks the unpruned model
+    instead of the zeroed one.
     """
     if plan is None:
         if example_inputs is None:
@@ -181,7 +186,9 @@ def prune(model: nn.Module, example_inputs: ExampleInputs | None = None, *, plan
                   else tuple(torch.zeros(s) for s in plan.input_shapes))
         fold(source, pruned, graph, keep, plan, inputs, removed if remove_branches else frozenset())
     if removed and remove_branches:
-        return _remove_branches(pruned, graph, plan)
+        return _as_graph_module(pruned, graph, plan.branches)
+    if graph.shape_specialised:
+        return _as_graph_module(pruned, graph, [])
     return pruned
 
 

@@ -124,3 +124,20 @@ class WithUntraceableChild(nn.Module):
 
     def forward(self, x):
         return self.back(self.front(x)), self.odd(x)
+
+
+class ShapeBranching(nn.Module):
+    """Python control flow on tensor shapes: plain fx cannot trace it, fx with meta shapes can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = cbr(3, 8), cbr(8, 8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        if x.shape[-1] != 8:
+            raise ValueError("expects 8x8 inputs")
+        x = self.a(x)
+        if x.size(1) > 4:
+            x = self.b(x)
+        return self.fc(x.mean((2, 3)))

@@ -9,7 +9,15 @@ import slimbench
 from slimbench.graph import build_graph, format_explanation
 
 from helpers import assert_equivalent, randomize_bn
-from nets import BNShortcut, DenseConcat, LoopOverChildren, PostActResidual, PreActResidual, WithUntraceableChild
+from nets import (
+    BNShortcut,
+    DenseConcat,
+    LoopOverChildren,
+    PostActResidual,
+    PreActResidual,
+    ShapeBranching,
+    WithUntraceableChild,
+)
 
 
 def rows_by_bn(model, shape, **kw):
@@ -131,3 +139,12 @@ def test_bad_example_inputs(bad):
 def test_dataparallel_wrapper_is_unwrapped():
     model = LoopOverChildren()
     assert slimbench.prunable_bn_names(nn.DataParallel(model), (3, 16, 16)) == ["a.1", "b.1", "c.1"]
+
+
+def test_shape_dependent_control_flow_traces_with_meta_shapes():
+    model = randomize_bn(ShapeBranching())
+    with pytest.raises(torch.fx.proxy.TraceError):  # plain torch.fx cannot
+        torch.fx.symbolic_trace(model)
+    assert slimbench.prunable_bn_names(model, (3, 8, 8)) == ["a.1", "b.1"]
+    x = torch.randn(2, 3, 8, 8)
+    assert_equivalent(model, x, slimbench.plan(model, x, ratio=0.5))

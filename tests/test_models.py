@@ -8,6 +8,8 @@ import torch
 import slimbench
 from slimbench.models import get_model, list_models, model_info
 from slimbench.models.resnet_cifar import DEFAULT_SHORTCUT, PadShortcut
+from slimbench.models.vgg import VGG_CONFIGS
+from slimbench.modules import MaskedBatchNorm
 
 from helpers import assert_equivalent, conv_linear_macs, randomize_bn
 
@@ -38,6 +40,56 @@ def test_reference_counts_exact(name, dataset, kwargs, macs, params):
     assert _params(model) == params
     # the table rounds MACs to 10 k; the counts above are the exact values behind it
     assert round(conv_linear_macs(model, X32) / 1e4) == round(macs / 1e4)
+
+
+def _depth_line(a: tuple[int, int], b: tuple[int, int], depth: int) -> int:
+    """Counts of 6n+2 CIFAR ResNets grow by the same amount per n (one block in each of the three
+    stages, six layers): interpolate between two depths."""
+    (d0, v0), (d1, v1) = a, b
+    per_n = (v1 - v0) // ((d1 - d0) // 6)
+    assert per_n * ((d1 - d0) // 6) == v1 - v0
+    return v0 + per_n * ((depth - d0) // 6)
+
+
+@pytest.mark.parametrize("depth,params_m", [(32, 0.46), (44, 0.66)])
+def test_resnet32_44_lie_on_the_reference_depth_line(depth, params_m):
+    # REFERENCE.md has no row for these depths; ResNet-20/56/110 fix the line, He et al. Table 6 the size
+    model = get_model(f"resnet{depth}")
+    assert _params(model) == _depth_line((20, 269_722), (56, 853_018), depth)
+    assert round(_params(model) / 1e6, 2) == params_m
+    assert conv_linear_macs(model, X32) == _depth_line((20, 40_551_040), (56, 125_485_696), depth)
+    assert _depth_line((20, 269_722), (56, 853_018), 110) == 1_727_962  # the line also hits ResNet-110
+
+
+@pytest.mark.parametrize("depth", [20, 32, 44, 56, 110])
+def test_option_b_adds_two_fixed_projections_at_every_depth(depth):
+    # the two 1x1 conv + BN projections (16->32, 32->64) do not depend on depth: REFERENCE's 20/56 rows
+    a, b = get_model(f"resnet{depth}"), get_model(f"resnet{depth}", shortcut="B")
+    assert _params(b) - _params(a) == 272_474 - 269_722
+    assert conv_linear_macs(b, X32) - conv_linear_macs(a, X32) == 40_813_184 - 40_551_040
+
+
+def _vgg_counts(cfg: list, classes: int) -> tuple[int, int]:
+    """Params and MACs of a network-slimming VGG, by hand: 3x3 convs without bias, BN, one linear."""
+    params, macs, channels, side = 0, 0, 3, 32
+    for item in cfg:
+        if item == "M":
+            side //= 2
+            continue
+        params += 9 * channels * item + 2 * item
+        macs += 9 * channels * item * side * side
+        channels = item
+    return params + channels * classes + classes, macs + channels * classes
+
+
+@pytest.mark.parametrize("depth", [11, 13, 16, 19])
+@pytest.mark.parametrize("dataset,classes", [("cifar10", 10), ("cifar100", 100)])
+def test_every_vgg_matches_its_cfg_counted_by_hand(depth, dataset, classes):
+    model = get_model(f"vgg{depth}", dataset)
+    params, macs = _vgg_counts(VGG_CONFIGS[depth], classes)
+    assert (_params(model), conv_linear_macs(model, X32)) == (params, macs)
+    if depth == 19:  # and the hand count is REFERENCE.md's row
+        assert params == {10: 20_035_018, 100: 20_081_188}[classes]
 
 
 @pytest.mark.parametrize("stem,macs_m,params_m", [(16, 264.8, 1.020), (24, 282.9, 1.059)])
@@ -75,18 +127,23 @@ def test_every_cifar_model_fx_traces_and_runs(name):
         assert torch.allclose(traced(X32), out)
 
 
-@pytest.mark.parametrize("name", CIFAR_NAMES)
-def test_every_cifar_model_prunes_half_with_equivalence(name):
-    model = randomize_bn(get_model(name))
+PRUNE_CASES = [(name, {}) for name in CIFAR_NAMES] + [
+    (f"resnet{d}", {"shortcut": "B"}) for d in (20, 32, 44, 56, 110)]
+
+
+@pytest.mark.parametrize("name,kwargs", PRUNE_CASES, ids=[n + "-B" * bool(k) for n, k in PRUNE_CASES])
+def test_every_cifar_model_prunes_half_with_equivalence(name, kwargs):
+    model = randomize_bn(get_model(name, **kwargs))
     x = torch.randn(2, 3, 32, 32)
-    residual = "select" if name in ("resnet164", "densenet40") else "keep"
-    plan = slimbench.plan(model, x, method="network_slimming", ratio=0.5, residual=residual)
+    select = name in ("resnet164", "densenet40")  # pre-activation: BNs read the residual sum / concat
+    plan = slimbench.plan(model, x, method="network_slimming", ratio=0.5, residual="select" if select else "keep")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     pruned = slimbench.prune(model, x, plan=plan)
     assert_equivalent(model, x, plan, pruned=pruned)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # caller's model untouched
     assert conv_linear_macs(pruned, x[:1]) < 0.75 * conv_linear_macs(model, x[:1])
     assert _params(pruned) < _params(model)
+    assert any(isinstance(m, MaskedBatchNorm) for m in pruned.modules()) == select
 
 
 def test_model_info_and_list_models():

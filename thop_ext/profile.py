@@ -26,18 +26,36 @@ __all__ = ["profile"]
 Inputs = Tensor | Sequence[Tensor] | Sequence[int]
 
 
-def _as_inputs(inputs: Inputs) -> tuple[Tensor, ...]:
+def _like(model: nn.Module) -> Tensor | None:
+    """A floating tensor of the model, whose device and dtype a shape-made input should take."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_floating_point():
+            return tensor
+    return None
+
+
+def _as_inputs(inputs: Inputs, model: nn.Module) -> tuple[Tensor, ...]:
     if isinstance(inputs, Tensor):
         return (inputs,)
     if isinstance(inputs, (tuple, list, torch.Size)) and inputs:
         if all(isinstance(d, int) and not isinstance(d, bool) for d in inputs):
             if any(d <= 0 for d in inputs):
                 raise ValueError(f"thop_ext.profile: input shape {tuple(inputs)} has a non-positive size")
-            return (torch.randn(1, *inputs),)
+            like = _like(model)
+            if like is None:
+                return (torch.randn(1, *inputs),)
+            return (torch.randn(1, *inputs, device=like.device, dtype=like.dtype),)
         if all(isinstance(t, Tensor) for t in inputs):
             return tuple(inputs)
     raise TypeError("thop_ext.profile: inputs must be a tensor, a tuple of tensors, or a shape without the "
                     f"batch dimension such as (3, 32, 32); got {type(inputs).__name__}: {inputs!r:.80}")
+
+
+def _check_weights_readable(model: nn.Module) -> None:
+    for name, param in model.named_parameters():
+        if param.is_meta:
+            raise ValueError(f"thop_ext.profile: parameter {name!r} is on the meta device, so its zeros cannot be "
+                             "read; pass skip_zero=False to count a meta model by shapes alone")
 
 
 def _output_shape(output) -> tuple[int, ...] | None:
@@ -101,14 +119,18 @@ class _Recorder:
 def profile(model: nn.Module, inputs: Inputs, *, skip_zero: bool = True) -> Profile:
     """Count MACs, FLOPs and parameters of ``model`` on ``inputs`` (batch included).
 
-    ``inputs``: a tensor, a tuple of tensors, or a shape such as ``(3, 224, 224)`` (batch 1).
+    ``inputs``: a tensor, a tuple of tensors, or a shape such as ``(3, 224, 224)`` (batch 1, made
+    on the model's device and dtype). A model on the meta device is counted by shapes alone
+    (``skip_zero=False``): fast, and the way to count a model too large to allocate.
     ``skip_zero=True`` counts live weights only (see :mod:`thop_ext.rules`), so a zeroed model
     costs what its physically pruned twin costs. The model is left as it was: same modes,
     buffers, hooks and ``state_dict`` keys.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"thop_ext.profile: model must be an nn.Module, got {type(model).__name__}")
-    args = _as_inputs(inputs)
+    if skip_zero:
+        _check_weights_readable(model)
+    args = _as_inputs(inputs, model)
     recorder = _Recorder(model, skip_zero)
     # thop maps hooks by exact type: give it one for every type present
     custom_ops = {type(m): recorder.count for m in model.modules() if has_rule(m)}

@@ -11,13 +11,15 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 import slimbench
 
 from .trace import ExampleInputs
 
-__all__ = ["Variant", "UNPRUNED", "METHODS", "DEFAULT_RATIOS", "variants_for", "apply_variant", "param_count"]
+__all__ = ["Variant", "UNPRUNED", "METHODS", "DEFAULT_RATIOS", "variants_for", "apply_variant", "param_count",
+           "count_model"]
 
 METHODS = ("network_slimming", "optimal_thresholding")
 DEFAULT_RATIOS = (0.3, 0.5, 0.7)
@@ -80,3 +82,28 @@ def apply_variant(model: nn.Module, example_inputs: ExampleInputs, variant: Vari
 
 def param_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def count_model(model: nn.Module, example_inputs: ExampleInputs) -> dict[str, int | None]:
+    """params, MACs and FLOPs. thop_ext (pruning-aware thop) when installed; otherwise MACs from
+    torch's FlopCounterMode (conv + linear, REFERENCE.md's convention) and FLOPs left as None."""
+    from .trace import as_example_inputs
+
+    inputs = as_example_inputs(example_inputs)
+    try:
+        from thop_ext import profile
+    except ImportError:
+        profile = None
+    if profile is not None:
+        result = profile(model, inputs)
+        return {"params": int(result.params), "macs": int(result.macs), "flops": int(result.flops)}
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model(*inputs)
+    finally:
+        model.train(was_training)
+    return {"params": param_count(model), "macs": counter.get_total_flops() // 2, "flops": None}

@@ -139,23 +139,24 @@ def make_runner(backend: str, model: nn.Module, inputs: Sequence[Tensor], *, thr
     raise ValueError(f"unknown latency backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
-def _calibrate(runner: Runner, warmup: int, sample_ms: float) -> int:
+def _calibrate(runner: Runner, warmup: int, sample_ms: float, clock: Callable[[], float]) -> int:
     for _ in range(max(warmup, 1)):
         runner()
-    start = time.perf_counter()
+    start = clock()
     runner()
-    once_ms = (time.perf_counter() - start) * 1e3
+    once_ms = (clock() - start) * 1e3
     return max(1, math.ceil(sample_ms / max(once_ms, 1e-3)))
 
 
 def measure(runners: Mapping[str, Runner], *, threads: int = 1, warmup: int = 3, min_time_s: float = 0.3,
             min_rounds: int = 10, max_rounds: int = 1000, sample_ms: float = 5.0, backend: str = "",
-            batch_size: int = 1) -> dict[str, Timing]:
+            batch_size: int = 1, clock: Callable[[], float] = time.perf_counter) -> dict[str, Timing]:
     """Time runners interleaved until each has run ``min_time_s`` and ``min_rounds`` samples.
 
     Round r runs the runners in order, round r+1 in reverse order, so that no runner always
     follows the same neighbour (cache and frequency effects cancel). torch uses ``threads``
-    intra-op threads for the duration of the call.
+    intra-op threads for the duration of the call. ``clock`` (seconds) is injectable so that the
+    regression logic can be tested on deterministic simulated time.
     """
     if not runners:
         raise ValueError("measure needs at least one runner")
@@ -165,15 +166,15 @@ def measure(runners: Mapping[str, Runner], *, threads: int = 1, warmup: int = 3,
     samples: dict[str, list[float]] = {n: [] for n in names}
     spent = dict.fromkeys(names, 0.0)
     with _torch_threads(threads):
-        inner = {n: _calibrate(runners[n], warmup, sample_ms) for n in names}
+        inner = {n: _calibrate(runners[n], warmup, sample_ms, clock) for n in names}
         for round_index in range(max_rounds):
             order = names if round_index % 2 == 0 else names[::-1]
             for name in order:
                 runner, k = runners[name], inner[name]
-                start = time.perf_counter()
+                start = clock()
                 for _ in range(k):
                     runner()
-                elapsed = time.perf_counter() - start
+                elapsed = clock() - start
                 spent[name] += elapsed
                 samples[name].append(elapsed * 1e3 / k)
             if round_index + 1 >= min_rounds and min(spent.values()) >= min_time_s:

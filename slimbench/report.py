@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,6 +43,7 @@ class ReportSettings:
     train_batch: int = 32
     gamma_init: float = 0.5  # network slimming's own code starts gamma at 0.5 so L1 can separate it
     train_size: int = 16
+    train_steps: int | None = None  # cap on batches per epoch (smoke runs and tests)
     finetune_steps: int = 15
     finetune_lr: float = 0.005
     batch_size: int = 1
@@ -100,10 +102,11 @@ def _prepare(name: str, s: ReportSettings, dataset: str, root: str | None, notes
                 if isinstance(m, _BatchNorm) and m.affine:
                     m.weight.fill_(s.gamma_init)
         train(model, train_loader, epochs=s.epochs, lr=s.lr, sparsity=s.sparsity, progress=False, seed=0,
-              milestones=(0.67,))
+              milestones=(0.67,), steps_per_epoch=s.train_steps)
         notes.append(f"{name}: gamma from {s.epochs} epoch(s) of sparse training from scratch (gamma init "
                      f"{s.gamma_init:g}, s={s.sparsity:g}, SGD lr {s.lr:g} momentum 0.9, x0.1 for the last third) on "
-                     f"{dataset}" + (f" at {size}x{size}" if size else "") + " (no --checkpoint)")
+                     f"{dataset}" + (f" at {size}x{size}" if size else "")
+                     + (f", at most {s.train_steps} batches per epoch" if s.train_steps else "") + " (no --checkpoint)")
     elif not s.checkpoint:
         notes.append(f"{name}: untrained (--epochs 0): gamma cannot rank channels, accuracy is chance")
     else:
@@ -158,6 +161,10 @@ def build_report(settings: ReportSettings) -> Report:
     start = time.perf_counter()
     if settings.checkpoint and len(settings.models) != 1:
         raise ValueError(f"--checkpoint applies to one model; got --models {' '.join(settings.models)}")
+    for option in ("epochs", "finetune_steps", "train_batch", "threads", "batch_size", "train_size"):
+        value, least = getattr(settings, option), 0 if option in ("epochs", "finetune_steps") else 1
+        if value < least:
+            raise ValueError(f"--{option.replace('_', '-')} must be >= {least}, got {value}")
     for backend in settings.backends:
         if backend not in BACKENDS:
             raise ValueError(f"unknown --backends value {backend!r}; choose from {', '.join(BACKENDS)}")
@@ -192,6 +199,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-batch", type=int, default=d.train_batch, help="training batch size")
     parser.add_argument("--gamma-init", type=float, default=d.gamma_init, help="BN gamma before sparse training")
     parser.add_argument("--train-size", type=int, default=d.train_size, help="digits image size for training")
+    parser.add_argument("--train-steps", type=int, default=d.train_steps,
+                        help="cap on training batches per epoch (smoke runs)")
     parser.add_argument("--finetune-steps", type=int, default=d.finetune_steps,
                         help="fine-tuning batches per pruned model (0: none)")
     parser.add_argument("--finetune-lr", type=float, default=d.finetune_lr)
@@ -206,15 +215,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
 
 
+def _check_destination(option: str, path: str | None, suffix: str | None = None) -> None:
+    """Fail before the (minute-long) run, not after it."""
+    if path is None:
+        return
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{option} {path}: folder {str(folder)!r} does not exist; create it first")
+    if suffix and Path(path).suffix.lower() != suffix:
+        raise ValueError(f"{option} {path}: expected a {suffix} file name")
+
+
 def run(args: argparse.Namespace) -> int:
     settings = ReportSettings(
         models=args.models, ratios=args.ratios, methods=args.methods, data=args.data, checkpoint=args.checkpoint,
         epochs=args.epochs, sparsity=args.sparsity, lr=args.lr, train_batch=args.train_batch,
-        gamma_init=args.gamma_init, train_size=args.train_size, finetune_steps=args.finetune_steps,
-        finetune_lr=args.finetune_lr, batch_size=args.batch_size, threads=args.threads,
-        backends=args.backends, latency_time=args.latency_time, round_to=args.round_to,
+        gamma_init=args.gamma_init, train_size=args.train_size, train_steps=args.train_steps,
+        finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr, batch_size=args.batch_size,
+        threads=args.threads, backends=args.backends, latency_time=args.latency_time, round_to=args.round_to,
         progress=not args.no_progress)
-    report = build_report(settings)
+    try:
+        _check_destination("--output", args.output)
+        _check_destination("--plot", args.plot, ".png")
+        report = build_report(settings)
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        print(f"slimbench report: error: {error}", file=sys.stderr)
+        return 2
     text = render(report.rows, args.format, report.caption + f" (report took {report.seconds:.0f} s)")
     if args.output:
         write_atomic(args.output, text)

@@ -13,14 +13,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
 	touch $(STAMP)
 
-# Until `slimbench report` lands (issue 6), show what the pruning core does instead of failing.
 report: $(STAMP)
-	@if $(BIN)/python -c "import slimbench.report" 2>/dev/null; then \
-		$(BIN)/slimbench report --models resnet56; \
-	else \
-		echo "slimbench report is not built yet; pruning torchvision resnet18 at 32x32 instead:"; \
-		$(BIN)/slimbench prune resnet18 --input-size 3 32 32 --ratio 0.5; \
-	fi
+	$(BIN)/slimbench report --models resnet56
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests suites -q -p no:cacheprovider

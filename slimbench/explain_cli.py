@@ -11,28 +11,49 @@ from .plan import RESIDUAL_MODES
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="torchvision model name (e.g. resnet50) or a slimbench registry name")
     parser.add_argument("--input-size", type=int, nargs="+", default=None, metavar="N",
-                        help="input shape without batch, e.g. 3 224 224 (default: the model's own)")
+                        help="input shape without batch, e.g. 3 224 224, or one side N (default: the model's own)")
     parser.add_argument("--dataset", default=None, help="data set the registry builds the model for")
     parser.add_argument("--residual", choices=RESIDUAL_MODES, default="keep")
 
 
-def resolve_model(name: str, dataset: str | None, input_size: list[int] | None):
-    """A model and its input shape, from the slimbench registry or torchvision."""
-    try:
-        from .models import get_model, model_info
-    except ImportError:
-        get_model = model_info = None
-    if model_info is not None:
-        try:
-            info = model_info(name, dataset or "cifar10")
-            return get_model(name, dataset or "cifar10"), tuple(input_size or info.input_shape)
-        except (KeyError, ValueError):
-            pass
-    import torchvision
+def input_shape(input_size: list[int] | None, default: tuple[int, ...]) -> tuple[int, ...]:
+    """``--input-size``: nothing (the model's own shape), one side N (3xNxN) or a full shape."""
+    if input_size is None:
+        return tuple(default)
+    if any(n <= 0 for n in input_size):
+        raise SystemExit(f"--input-size must be positive, got {' '.join(map(str, input_size))}")
+    if len(input_size) == 1:
+        return (3, input_size[0], input_size[0])
+    return tuple(input_size)
 
-    if name not in torchvision.models.list_models(module=torchvision.models):
-        raise SystemExit(f"unknown model {name!r}: not in the slimbench registry nor in torchvision.models")
-    return torchvision.models.get_model(name, weights=None), tuple(input_size or (3, 224, 224))
+
+def resolve_model(name: str, dataset: str | None, input_size: list[int] | None,
+                  checkpoint: str | None = None):
+    """A model and its input shape, from the slimbench registry or torchvision.
+
+    ``checkpoint``: a local file with weights (a state dict, a ``slimbench train`` checkpoint) or a
+    pruned checkpoint, which is rebuilt at its pruned size.
+    """
+    from .models import get_model, model_info
+
+    if dataset is None:
+        try:
+            info = model_info(name, "cifar10")
+        except ValueError:
+            info = None
+        dataset = "cifar10" if info is not None else "ilsvrc12"
+    try:
+        info = model_info(name, dataset)
+    except ValueError as error:
+        raise SystemExit(f"{error} (see `slimbench models`)") from error
+    shape = input_shape(input_size, info.input_shape)
+    try:
+        model = get_model(name, dataset, checkpoint=checkpoint)
+    except (ValueError, FileNotFoundError) as error:
+        if checkpoint is None:
+            raise
+        raise SystemExit(f"cannot load --checkpoint {checkpoint} into {name}: {error}") from error
+    return model, shape
 
 
 def run(args: argparse.Namespace) -> int:

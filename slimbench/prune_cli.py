@@ -16,9 +16,10 @@ from .surgery import prune
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="torchvision model name or a slimbench registry name")
-    parser.add_argument("--checkpoint", help="load these (unpruned) weights first: a state dict file")
+    parser.add_argument("--checkpoint", help="load these (unpruned, e.g. sparse-trained) weights first")
     parser.add_argument("--dataset", default=None)
-    parser.add_argument("--input-size", type=int, nargs="+", default=None, metavar="N")
+    parser.add_argument("--input-size", type=int, nargs="+", default=None, metavar="N",
+                        help="input shape without batch (3 224 224) or one side N for 3xNxN")
     parser.add_argument("--method", choices=list(METHODS), default="network_slimming")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--ratio", type=float, default=0.5, help="fraction of prunable channels to remove")
@@ -31,12 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    model, shape = resolve_model(args.model, args.dataset, args.input_size)
-    if args.checkpoint:
-        state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    model, shape = resolve_model(args.model, args.dataset, args.input_size, args.checkpoint)
     plan = make_plan(model, shape, method=args.method, ratio=args.ratio, target_macs=args.target_macs,
                      round_to=args.round_to, residual=args.residual, branches=args.branches)
     pruned = prune(model, plan=plan)

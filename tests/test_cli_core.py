@@ -1,5 +1,6 @@
 """The core's commands: ``slimbench explain`` and ``slimbench prune``."""
 
+import pytest
 import torch
 import torchvision
 
@@ -26,9 +27,26 @@ def test_prune_writes_a_loadable_model(tmp_path, capsys):
 
 
 def test_unknown_command_and_model():
-    import pytest
+
 
     with pytest.raises(SystemExit):
         main(["frobnicate"])
     with pytest.raises(SystemExit, match="unknown model 'nope'"):
         main(["explain", "nope"])
+
+
+def test_cli_input_size_single_side_and_checkpoint(tmp_path, capsys):
+    from slimbench.models import get_model
+
+    path = tmp_path / "r20.pt"
+    torch.save({"state_dict": get_model("resnet20").state_dict()}, path)
+    assert main(["prune", "resnet20", "--input-size", "16", "--checkpoint", str(path), "--ratio", "0.3"]) == 0
+    assert "MACs" in capsys.readouterr().out
+
+    torch.save({"state_dict": get_model("resnet20", num_classes=7).state_dict()}, path)
+    with pytest.raises(SystemExit, match=r"cannot load --checkpoint .*r20\.pt into resnet20.*num_classes"):
+        main(["prune", "resnet20", "--checkpoint", str(path)])
+    with pytest.raises(SystemExit, match="unknown model 'resnet2000'"):
+        main(["explain", "resnet2000"])
+    with pytest.raises(SystemExit, match="--input-size must be positive"):
+        main(["explain", "resnet20", "--input-size", "0"])

@@ -10,7 +10,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default=None,
                         help="registry data set: cifar10 (default), cifar100, digits or ilsvrc12")
     parser.add_argument("--input-size", type=int, nargs="+", default=None, metavar="N",
-                        help="input shape without batch, e.g. 3 224 224 (default: the data set's)")
+                        help="input shape without batch, e.g. 3 224 224, or one side N (default: the data set's)")
     parser.add_argument("--checkpoint", default=None,
                         help="weights to load first; a pruned checkpoint is rebuilt at its pruned size")
     parser.add_argument("--no-skip-zero", action="store_true",
@@ -20,26 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tablefmt", default="simple", help="tabulate format (simple, github, ...)")
 
 
-def _load(args: argparse.Namespace):
+def run(args: argparse.Namespace) -> int:
     from slimbench.explain_cli import resolve_model
 
-    model, shape = resolve_model(args.model, args.dataset, args.input_size)
-    if args.checkpoint:
-        from slimbench.models import get_model
-
-        try:
-            model = get_model(args.model, args.dataset or "cifar10", checkpoint=args.checkpoint)
-        except ValueError as error:
-            raise SystemExit(f"slimbench profile: cannot load --checkpoint {args.checkpoint}: {error}") from error
-    return model, shape
-
-
-def run(args: argparse.Namespace) -> int:
     from . import profile
 
-    if args.input_size is not None and any(n <= 0 for n in args.input_size):
-        raise SystemExit(f"slimbench profile: --input-size must be positive, got {args.input_size}")
-    model, shape = _load(args)
+    model, shape = resolve_model(args.model, args.dataset, args.input_size, args.checkpoint)
     result = profile(model.eval(), tuple(shape), skip_zero=not args.no_skip_zero)
     print(result.table(tablefmt=args.tablefmt, exact=args.exact, all_rows=args.all_rows))
     print(f"\n{args.model}, input 1x{'x'.join(map(str, shape))}: {result.summary()}")

@@ -27,8 +27,6 @@ def test_prune_writes_a_loadable_model(tmp_path, capsys):
 
 
 def test_unknown_command_and_model():
-
-
     with pytest.raises(SystemExit):
         main(["frobnicate"])
     with pytest.raises(SystemExit, match="unknown model 'nope'"):

@@ -226,3 +226,58 @@ def test_bad_inputs_say_what_and_what_to_do():
         thop_ext.profile(conv, (3, 0, 8))
     with pytest.raises(KeyError, match="no profiled module named 'nope'"):
         thop_ext.profile(conv, (3, 8, 8)).layer("nope")
+
+
+class ValueBranch(nn.Module):
+    """A forward that reads values: it cannot run on meta tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return y.relu() if float(y.mean()) > -1e9 else y
+
+
+def _rows(result):
+    return [(r.name, r.type, r.macs, r.flops, r.params, r.output_shape) for r in result.layers]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "shufflenet_v2_x0_5", "densenet40-select"])
+def test_meta_pass_counts_what_the_real_pass_counts(name):
+    import torchvision
+
+    import slimbench
+    from slimbench.models import get_model
+
+    torch.manual_seed(0)
+    if name == "densenet40-select":
+        model, shape = get_model("densenet40").eval(), (3, 32, 32)
+        for bn in model.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                bn.weight.data.uniform_(0, 1)
+        plan = slimbench.plan(model, shape, ratio=0.5, residual="select")
+        models = [slimbench.prune(model, shape, plan=plan), slimbench.zero(model, plan)]
+    else:
+        models, shape = [torchvision.models.get_model(name, weights=None).eval()], (3, 64, 64)
+    for model in models:
+        meta = thop_ext.profile(model, shape, forward_on_meta=True)
+        real = thop_ext.profile(model, shape, forward_on_meta=False)
+        assert meta.macs > 0 and _rows(meta) == _rows(real)
+        assert (meta.macs, meta.flops, meta.params) == (real.macs, real.flops, real.params)
+
+
+def test_value_dependent_forward_falls_back_to_the_real_pass(monkeypatch):
+    import sys
+
+    model = ValueBranch().eval()
+    with pytest.raises(Exception, match="meta"):
+        thop_ext.profile(model, (3, 8, 8), forward_on_meta=True)
+    real = thop_ext.profile(model, (3, 8, 8), forward_on_meta=False)
+    assert real.macs == 8 * 3 * 9 * 64
+    # make the default choose the meta pass for this small model: it fails there and reruns for real
+    monkeypatch.setattr(sys.modules["thop_ext.profile"], "_META_WORTH_IT", 0)
+    assert sys.modules["thop_ext.profile"]._worth_meta(model, (torch.zeros(1, 3, 8, 8),))
+    assert _rows(thop_ext.profile(model, (3, 8, 8))) == _rows(real)

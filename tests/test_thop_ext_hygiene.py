@@ -30,6 +30,7 @@ def _snapshot(model: nn.Module) -> dict:
         "modes": [m.training for m in model.modules()],
         "buffers": [list(m._buffers) for m in model.modules()],
         "hooks": [(dict(m._forward_hooks), dict(m._forward_pre_hooks)) for m in model.modules()],
+        "tensors": [id(t) for t in (*model.parameters(), *model.buffers())],
     }
 
 
@@ -39,6 +40,7 @@ def _assert_same(before: dict, after: dict) -> None:
     assert after["modes"] == before["modes"]
     assert after["buffers"] == before["buffers"]
     assert after["hooks"] == before["hooks"]
+    assert after["tensors"] == before["tensors"]  # the meta pass swaps tensors only for its duration
 
 
 def _mixed_mode_resnet() -> nn.Module:
@@ -49,10 +51,11 @@ def _mixed_mode_resnet() -> nn.Module:
     return model
 
 
-def test_profile_leaves_model_exactly_as_it_was():
+@pytest.mark.parametrize("on_meta", [False, True], ids=["real-pass", "meta-pass"])
+def test_profile_leaves_model_exactly_as_it_was(on_meta):
     model = _mixed_mode_resnet()
     before = _snapshot(model)
-    result = thop_ext.profile(model, (3, 32, 32))
+    result = thop_ext.profile(model, (3, 32, 32), forward_on_meta=on_meta)
     assert result.macs > 0
     _assert_same(before, _snapshot(model))
     assert not any("total_ops" in k or "total_params" in k for k in model.state_dict())
@@ -72,13 +75,14 @@ def test_plain_thop_leaves_buffers_that_break_strict_loading():
         torchvision.models.resnet18(weights=None, num_classes=10).load_state_dict(model.state_dict())
 
 
-def test_pruned_model_with_masked_bn_left_as_it_was():
+@pytest.mark.parametrize("on_meta", [False, True], ids=["real-pass", "meta-pass"])
+def test_pruned_model_with_masked_bn_left_as_it_was(on_meta):
     model = PreResNet(depth=11).eval()  # pre-activation: residual="select" inserts MaskedBatchNorm
     plan = slimbench.plan(model, (3, 32, 32), ratio=0.4, residual="select")
     pruned = slimbench.prune(model, (3, 32, 32), plan=plan)
     assert any(isinstance(m, (slimbench.MaskedBatchNorm, slimbench.ChannelSelection)) for m in pruned.modules())
     before = _snapshot(pruned)
-    thop_ext.profile(pruned, (3, 32, 32))
+    thop_ext.profile(pruned, (3, 32, 32), forward_on_meta=on_meta)
     _assert_same(before, _snapshot(pruned))
 
 
@@ -93,11 +97,12 @@ class Broken(nn.Module):
         raise RuntimeError("boom in forward")
 
 
-def test_model_restored_when_forward_raises():
+@pytest.mark.parametrize("on_meta", [None, False, True])
+def test_model_restored_when_forward_raises(on_meta):
     model = Broken().train()
     before = _snapshot(model)
     with pytest.raises(RuntimeError, match="boom in forward"):
-        thop_ext.profile(model, (3, 4, 4))
+        thop_ext.profile(model, (3, 4, 4), forward_on_meta=on_meta)
     _assert_same(before, _snapshot(model))
     assert _get_current_dispatch_mode() is None
 

@@ -9,7 +9,6 @@ from the shapes in the state dict (netslim's way).
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, fx, nn
 
+from .atomic import atomic_path
 from .graph import build_graph
 from .plan import PruningPlan
 from .sparsity import unwrap
@@ -32,16 +32,8 @@ def atomic_save(obj, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
     return path
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .atomic import atomic_path
 from .trace import ExampleInputs, as_example_inputs
 
 __all__ = ["export_onnx", "onnx_session", "session_feed", "onnx_max_abs_diff", "DEFAULT_OPSET"]
@@ -42,22 +42,14 @@ def export_onnx(model: nn.Module, example_inputs: ExampleInputs, path: str | os.
     frozen = copy.deepcopy(model).eval()
     names = [f"input{i}" for i in range(len(inputs))] if len(inputs) > 1 else ["input"]
     dynamic_axes = {n: {0: "batch"} for n in [*names, "output"]} if dynamic_batch else None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings():
-            # The TorchScript exporter announces its own deprecation on every call.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
-            torch.onnx.export(frozen, inputs, tmp, input_names=names, output_names=["output"],
-                              opset_version=opset, dynamic_axes=dynamic_axes, dynamo=dynamo,
-                              do_constant_folding=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        # The TorchScript exporter announces its own deprecation on every call.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
+        torch.onnx.export(frozen, inputs, str(tmp), input_names=names, output_names=["output"],
+                          opset_version=opset, dynamic_axes=dynamic_axes, dynamo=dynamo,
+                          do_constant_folding=True)
     return path
 
 

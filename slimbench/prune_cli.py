@@ -6,6 +6,7 @@ import argparse
 
 from tabulate import tabulate
 
+from .atomic import atomic_write_text
 from .checkpoint import save_pruned_model
 from .criteria import METHODS
 from .explain_cli import resolve_model
@@ -43,9 +44,5 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         print(f"saved to {save_pruned_model(pruned, args.output, plan=plan)}")
     if args.plan_json:
-        from pathlib import Path
-
-        tmp = Path(args.plan_json).with_suffix(".json.tmp")
-        tmp.write_text(plan.to_json(indent=1))
-        tmp.replace(args.plan_json)
+        atomic_write_text(args.plan_json, plan.to_json(indent=1))
     return 0

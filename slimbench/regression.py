@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import atomic_write_text
 from .latency import Timing
 
 __all__ = ["Regression", "latency_ratios", "find_latency_regressions", "check_slowdown", "compare_counts",
@@ -109,13 +109,4 @@ def write_baseline(path: str | os.PathLike, cases: Mapping[str, Mapping[str, int
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"format": "slimbench.baseline/1", "update_with": UPDATE_COMMAND,
                        "cases": {k: dict(sorted(v.items())) for k, v in sorted(cases.items())}}, indent=1)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_text(path, text + "\n")

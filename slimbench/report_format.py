@@ -10,11 +10,12 @@ import csv
 import io
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from tabulate import tabulate
+
+from .atomic import atomic_write_text
 
 __all__ = ["ROW_KEYS", "FORMATS", "PAPER", "paper_note", "add_derived", "render", "write_atomic"]
 
@@ -119,13 +120,4 @@ def write_atomic(path: str | os.PathLike, text: str) -> Path:
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"--output folder {str(path.parent)!r} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_text(path, text)

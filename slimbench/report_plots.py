@@ -4,11 +4,12 @@ network-slimming users look at to judge whether sparse training separated the ch
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import atomic_path
 
 __all__ = ["plot_report"]
 
@@ -47,15 +48,9 @@ def plot_report(rows: Sequence[dict], gammas: Mapping[str, np.ndarray], path: st
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
     return path

@@ -23,7 +23,7 @@ from .sparsity import unwrap
 from .surgery import prune
 from .trace import ExampleInputs, as_example_inputs
 
-__all__ = ["save_pruned_model", "load_pruned_model", "atomic_save"]
+__all__ = ["save_pruned_model", "load_pruned_model", "atomic_save", "read_checkpoint"]
 
 FORMAT = "slimbench.pruned/1"
 
@@ -49,20 +49,29 @@ def save_pruned_model(model: nn.Module, path: str | os.PathLike, *, plan: Prunin
     return atomic_save(payload, path)
 
 
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """``torch.load(path, weights_only=True)`` with errors that say what is wrong with the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass the path of a file written by "
+                                "torch.save / slimbench train")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise ValueError(f"checkpoint {path}: refusing to load, it contains pickled objects other than tensors; "
+                             "code in a checkpoint is never run (re-save it with torch.save(model.state_dict()))"
+                             ) from err
+        raise ValueError(f"checkpoint {path}: not a readable torch file (truncated or corrupt?): "
+                         f"{type(err).__name__}: {err}") from err
+    if not isinstance(data, Mapping):
+        raise ValueError(f"checkpoint {path}: holds a {type(data).__name__}, expected a dict (a state dict "
+                         "or a slimbench checkpoint)")
+    return dict(data)
+
+
 def _read(path_or_state_dict) -> dict:
-    if isinstance(path_or_state_dict, Mapping):
-        data = dict(path_or_state_dict)
-    else:
-        path = Path(path_or_state_dict)
-        if not path.is_file():
-            raise FileNotFoundError(f"no checkpoint at {path}")
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            if "weights_only" in str(err) or "Unsupported global" in str(err):
-                raise ValueError(f"{path}: refusing to load, it contains pickled objects other than tensors "
-                                 "(only weights are loaded; arbitrary code in a checkpoint is never run)") from err
-            raise ValueError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): {err}") from err
+    data = dict(path_or_state_dict) if isinstance(path_or_state_dict, Mapping) else read_checkpoint(path_or_state_dict)
     if data.get("format") == FORMAT:
         return data
     if "state_dict" in data and isinstance(data["state_dict"], Mapping):

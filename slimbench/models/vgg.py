@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .init import init_slimming
+
 __all__ = ["VGG", "VGG_CONFIGS", "vgg11", "vgg13", "vgg16", "vgg19"]
 
 # "M" is a 2x2 max-pool; numbers are conv output channels (network slimming's defaultcfg).
@@ -35,24 +37,11 @@ class VGG(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(channels, num_classes)
-        _init_weights(self)
+        init_slimming(self, linear_std=0.01)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.pool(self.features(x))
         return self.classifier(x.flatten(1))
-
-
-def _init_weights(model: nn.Module) -> None:
-    # network slimming initialises gamma to 0.5; He init for convs
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.constant_(m.weight, 0.5)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 0.01)
-            nn.init.zeros_(m.bias)
 
 
 def vgg11(num_classes: int = 10) -> VGG:

@@ -2,34 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
+from ..checkpoint import read_checkpoint
+
 __all__ = ["read_checkpoint", "extract_state_dict", "load_weights"]
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """``torch.load(path, weights_only=True)`` with errors that say what is wrong with the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass the path of a file written by "
-                                "torch.save / slimbench train")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
-            raise ValueError(f"checkpoint {path}: contains pickled objects other than tensors; only plain "
-                             "state dicts are loaded (re-save it with torch.save(model.state_dict()))") from err
-        raise ValueError(f"checkpoint {path}: not a readable torch file (truncated or corrupt?): "
-                         f"{type(err).__name__}: {err}") from err
-    if not isinstance(data, Mapping):
-        raise ValueError(f"checkpoint {path}: holds a {type(data).__name__}, expected a dict (a state dict "
-                         "or a slimbench checkpoint)")
-    return dict(data)
 
 
 def extract_state_dict(data: Mapping, source: str = "checkpoint") -> dict[str, Tensor]:

@@ -28,8 +28,11 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     if not config.getoption("--benchmark"):
         config.option.benchmark_disable = True
-    else:
-        config.option.benchmark_autosave = True
+    elif not (config.option.benchmark_save or config.option.benchmark_autosave):
+        from pytest_benchmark.utils import get_tag
+
+        # what --benchmark-autosave stores: .benchmarks/<machine>/NNNN_<commit>_<time>.json
+        config.option.benchmark_autosave = get_tag()
     config._slimbench_recorded = {}
 
 

@@ -36,19 +36,17 @@ def resolve_model(name: str, dataset: str | None, input_size: list[int] | None,
     """
     from .models import get_model, model_info
 
-    if dataset is None:
+    for candidate in [dataset] if dataset else ["cifar10", "ilsvrc12"]:
         try:
-            info = model_info(name, "cifar10")
-        except ValueError:
-            info = None
-        dataset = "cifar10" if info is not None else "ilsvrc12"
-    try:
-        info = model_info(name, dataset)
-    except ValueError as error:
-        raise SystemExit(f"{error} (see `slimbench models`)") from error
+            info = model_info(name, candidate)
+            break
+        except ValueError as error:
+            failure = error
+    else:
+        raise SystemExit(f"{failure} (see `slimbench models`)") from failure
     shape = input_shape(input_size, info.input_shape)
     try:
-        model = get_model(name, dataset, checkpoint=checkpoint)
+        model = get_model(name, info.dataset, checkpoint=checkpoint)
     except (ValueError, FileNotFoundError) as error:
         if checkpoint is None:
             raise

@@ -23,8 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .checkpoint import read_checkpoint
     from .models import get_model
-    from .models.weights import read_checkpoint
     from .train import finetune
 
     out = Path(args.out.format(model=args.model, dataset=args.dataset))

@@ -35,19 +35,26 @@ class TraceFailure(RuntimeError):
     """torch.fx could not trace the model's own forward."""
 
 
-def as_example_inputs(example_inputs: ExampleInputs) -> tuple[Tensor, ...]:
-    """Normalise a tensor, a tuple of tensors or a shape tuple such as (3, 32, 32)."""
+def as_example_inputs(example_inputs: ExampleInputs, *, like: Tensor | None = None,
+                      what: str = "example_inputs") -> tuple[Tensor, ...]:
+    """Normalise a tensor, a tuple of tensors or a shape tuple such as (3, 32, 32).
+
+    A shape becomes a batch-1 random tensor, on ``like``'s device and dtype when given; ``what``
+    names the argument in errors.
+    """
     if isinstance(example_inputs, Tensor):
         return (example_inputs,)
     if isinstance(example_inputs, (tuple, list, torch.Size)) and example_inputs:
         if all(isinstance(d, int) and not isinstance(d, bool) for d in example_inputs):
             if any(d <= 0 for d in example_inputs):
-                raise ValueError(f"example_inputs shape {tuple(example_inputs)} has a non-positive size")
-            return (torch.randn(1, *example_inputs),)
+                raise ValueError(f"{what} shape {tuple(example_inputs)} has a non-positive size")
+            if like is None:
+                return (torch.randn(1, *example_inputs),)
+            return (torch.randn(1, *example_inputs, device=like.device, dtype=like.dtype),)
         if all(isinstance(t, Tensor) for t in example_inputs):
             return tuple(example_inputs)
     raise TypeError(
-        "example_inputs must be a tensor, a tuple of tensors, or a shape tuple without the batch "
+        f"{what} must be a tensor, a tuple of tensors, or a shape tuple without the batch "
         f"dimension such as (3, 32, 32); got {type(example_inputs).__name__}: {example_inputs!r:.80}"
     )
 

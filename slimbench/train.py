@@ -23,8 +23,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .checkpoint import atomic_save
-from .models.weights import load_weights, read_checkpoint
+from .checkpoint import atomic_save, read_checkpoint
+from .models.weights import load_weights
 from .sparsity import unwrap, update_bn, update_prunable_bn
 
 __all__ = ["train", "finetune", "evaluate", "rank", "TRAIN_FORMAT"]

@@ -26,6 +26,8 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.hooks import RemovableHandle
 
+from slimbench.trace import as_example_inputs
+
 from .formatting import LayerRow, Profile
 from .functional import FunctionalCounter
 from .hygiene import ModelStateGuard
@@ -42,23 +44,6 @@ def _like(model: nn.Module) -> Tensor | None:
         if tensor.is_floating_point():
             return tensor
     return None
-
-
-def _as_inputs(inputs: Inputs, model: nn.Module) -> tuple[Tensor, ...]:
-    if isinstance(inputs, Tensor):
-        return (inputs,)
-    if isinstance(inputs, (tuple, list, torch.Size)) and inputs:
-        if all(isinstance(d, int) and not isinstance(d, bool) for d in inputs):
-            if any(d <= 0 for d in inputs):
-                raise ValueError(f"thop_ext.profile: input shape {tuple(inputs)} has a non-positive size")
-            like = _like(model)
-            if like is None:
-                return (torch.randn(1, *inputs),)
-            return (torch.randn(1, *inputs, device=like.device, dtype=like.dtype),)
-        if all(isinstance(t, Tensor) for t in inputs):
-            return tuple(inputs)
-    raise TypeError("thop_ext.profile: inputs must be a tensor, a tuple of tensors, or a shape without the "
-                    f"batch dimension such as (3, 32, 32); got {type(inputs).__name__}: {inputs!r:.80}")
 
 
 def _check_weights_readable(model: nn.Module) -> None:
@@ -199,7 +184,7 @@ def profile(model: nn.Module, inputs: Inputs, *, skip_zero: bool = True,
         raise TypeError(f"thop_ext.profile: model must be an nn.Module, got {type(model).__name__}")
     if skip_zero:
         _check_weights_readable(model)
-    args = _as_inputs(inputs, model)
+    args = as_example_inputs(inputs, like=_like(model), what="thop_ext.profile: inputs")
     static = _static_counts(model, skip_zero)
     on_meta = _worth_meta(model, args) if forward_on_meta is None else forward_on_meta
     if _all_meta(model, args) or not on_meta:

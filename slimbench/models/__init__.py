@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..checkpoint import read_checkpoint
 from . import densenet_cifar, preresnet, resnet_cifar, vgg
 from .torchvision_zoo import TORCHVISION_NAMES, available_torchvision_names, torchvision_builder
-from .weights import extract_state_dict, load_weights, read_checkpoint
+from .weights import extract_state_dict, load_weights
 
 __all__ = ["ModelInfo", "DATASETS", "get_model", "model_info", "list_models"]
 

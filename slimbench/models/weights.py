@@ -1,4 +1,4 @@
-"""Reading local checkpoints into registry models (never a download, never pickled code)."""
+"""Loading local weights into registry models (never a download; files are read by checkpoint.read_checkpoint)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
-from ..checkpoint import read_checkpoint
-
-__all__ = ["read_checkpoint", "extract_state_dict", "load_weights"]
+__all__ = ["extract_state_dict", "load_weights"]
 
 
 def extract_state_dict(data: Mapping, source: str = "checkpoint") -> dict[str, Tensor]:

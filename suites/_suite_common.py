@@ -10,9 +10,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.flop_counter import FlopCounterMode
 
 import slimbench
-from slimbench.latency import make_runner, measure, speedup
+from slimbench.bench.latency import make_runner, measure, speedup
+from slimbench.bench.variants import Variant, apply_variant, param_count
 from slimbench.models import get_model, model_info
-from slimbench.variants import Variant, apply_variant, param_count
 
 # Branches whose last BN sparse training drove to ~0 (deterministic stand-in, so branch removal has work).
 DEAD_BRANCHES = {"resnet56": ["layer3.2.bn2", "layer3.5.bn2", "layer2.7.bn2"]}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from slimbench.regression import compare_counts, load_baseline, write_baseline
+from slimbench.bench.regression import compare_counts, load_baseline, write_baseline
 
 BASELINES = Path(__file__).parent / "baselines"
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 from _suite_common import run_case
 
-from slimbench.export import export_onnx, onnx_max_abs_diff
+from slimbench.bench.export import export_onnx, onnx_max_abs_diff
+from slimbench.bench.variants import variants_for
 from slimbench.models import model_info
-from slimbench.variants import variants_for
 
 MODELS = ("vgg19", "resnet56", "resnet164", "densenet40")
 CASES = [(name, v) for name in MODELS for v in variants_for(model_info(name).family)]

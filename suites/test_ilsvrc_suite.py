@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from _suite_common import run_case
 
-from slimbench.export import export_onnx, onnx_max_abs_diff
+from slimbench.bench.export import export_onnx, onnx_max_abs_diff
+from slimbench.bench.variants import UNPRUNED, Variant, variants_for
 from slimbench.models import model_info
-from slimbench.variants import UNPRUNED, Variant, variants_for
 
 MODELS = ("resnet50", "vgg16_bn", "mobilenet_v2")
 QUICK = [UNPRUNED, Variant("network_slimming", 0.5)]

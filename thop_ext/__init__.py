@@ -5,7 +5,7 @@ bias excluded), ``.flops`` (paper style: 2 x MACs + elementwise ops), ``.params`
 and ``.layers`` (per-module rows). See docs/thop_ext.md for the conventions.
 """
 
-from .formatting import LayerRow, Profile, human
-from .profile import profile
+from thop_ext.formatting import LayerRow, Profile, human
+from thop_ext.profile import profile
 
 __all__ = ["LayerRow", "Profile", "human", "profile"]

@@ -26,12 +26,11 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.hooks import RemovableHandle
 
-from slimbench.trace import as_example_inputs
-
-from .formatting import LayerRow, Profile
-from .functional import FunctionalCounter
-from .hygiene import ModelStateGuard
-from .rules import StaticCounts, call_counts, has_rule, static_counts
+from slimbench.core.inputs import as_example_inputs
+from thop_ext.formatting import LayerRow, Profile
+from thop_ext.functional import FunctionalCounter
+from thop_ext.hygiene import ModelStateGuard
+from thop_ext.rules import StaticCounts, call_counts, has_rule, static_counts
 
 __all__ = ["profile"]
 

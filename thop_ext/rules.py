@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from slimbench.modules import ChannelSelection
+from slimbench.core.modules import ChannelSelection
 
 __all__ = ["StaticCounts", "has_rule", "static_counts", "call_counts"]
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..checkpoint import read_checkpoint
-from . import densenet_cifar, preresnet, resnet_cifar, vgg
-from .torchvision_zoo import TORCHVISION_NAMES, available_torchvision_names, torchvision_builder
-from .weights import extract_state_dict, load_weights
+from slimbench.models import densenet_cifar, preresnet, resnet_cifar, vgg
+from slimbench.models.torchvision_zoo import TORCHVISION_NAMES, available_torchvision_names, torchvision_builder
+from slimbench.models.weights import extract_state_dict, load_weights
+from slimbench.pruning.checkpoint import read_checkpoint
 
 __all__ = ["ModelInfo", "DATASETS", "get_model", "model_info", "list_models"]
 
@@ -127,7 +127,7 @@ def get_model(name: str, dataset: str = "cifar10", *, num_classes: int | None = 
         return model
     data = read_checkpoint(checkpoint)
     if str(data.get("format", "")).startswith("slimbench.pruned"):
-        from ..checkpoint import load_pruned_model
+        from slimbench.pruning.checkpoint import load_pruned_model
 
         return load_pruned_model(model, data)
     return load_weights(model, extract_state_dict(data, f"checkpoint {checkpoint}"), f"checkpoint {checkpoint}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .init import init_slimming
+from slimbench.models.init import init_slimming
 
 __all__ = ["CifarDenseNet", "densenet40"]
 

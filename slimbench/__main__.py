@@ -1,0 +1,7 @@
+"""``python -m slimbench``: the ``slimbench`` command."""
+
+import sys
+
+from slimbench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,49 @@
+"""What a user asks of the channel graph: which BatchNorms can be pruned, and why the others cannot."""
+
+from __future__ import annotations
+
+import numpy as np
+from torch import nn
+
+from slimbench.analysis.graph import build_graph
+from slimbench.core.inputs import ExampleInputs
+
+__all__ = ["explain", "format_explanation", "prunable_bn_names"]
+
+
+def explain(model: nn.Module, example_inputs: ExampleInputs, *, residual: str = "keep") -> list[dict]:
+    """One row per BatchNorm: can its channels be pruned, and if not, why."""
+    graph = build_graph(model, example_inputs, residual=residual)
+    rows = []
+    for name, rec in graph.bns.items():
+        classes = np.unique(graph.class_of[rec.gids])
+        why = graph.bn_class_reason(name)
+        coupled = sorted({other for other, r in graph.bns.items() if other != name
+                          and np.intersect1d(graph.class_of[r.gids], classes).size})
+        if why is None and graph.class_residual[classes].any():
+            status = "coupled (residual)" if residual != "shared" else "prunable (shared)"
+            if residual == "keep":
+                why = "joined by a residual add; residual='shared' prunes it with one shared importance"
+        else:
+            status = "prunable" if why is None else "not prunable"
+        if rec.selector:
+            status = "prunable (channel selection)"
+        rows.append({"bn": name, "channels": len(rec.gids), "status": status,
+                     "coupled_with": ", ".join(coupled[:4]) + (" ..." if len(coupled) > 4 else ""),
+                     "reason": why or ""})
+    return rows
+
+
+def format_explanation(rows: list[dict]) -> str:
+    from tabulate import tabulate
+
+    return tabulate(rows, headers="keys", tablefmt="github")
+
+
+def prunable_bn_names(model: nn.Module, example_inputs: ExampleInputs, *, residual: str = "keep") -> list[str]:
+    """BatchNorms with at least one channel that pruning (with this residual mode) may remove."""
+    graph = build_graph(model, example_inputs, residual=residual)
+    allowed = graph.prunable_classes()
+    if residual == "keep":
+        allowed &= ~graph.class_residual
+    return [name for name, rec in graph.bns.items() if allowed[graph.class_of[rec.gids]].any()]

@@ -1,0 +1,108 @@
+"""The pruned variants a benchmark compares, shared by ``slimbench report`` and the suites.
+
+A variant is a method, a ratio and the residual treatment. Which residual treatments make sense
+depends on the family: post-activation ResNets can drop whole residual branches; pre-activation
+ResNets and DenseNets read residual sums / concats through a BN, which channel selection prunes.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+import slimbench
+from slimbench.core.inputs import ExampleInputs
+
+__all__ = ["Variant", "UNPRUNED", "METHODS", "DEFAULT_RATIOS", "variants_for", "apply_variant", "param_count",
+           "count_model"]
+
+METHODS = ("network_slimming", "optimal_thresholding")
+DEFAULT_RATIOS = (0.3, 0.5, 0.7)
+_BRANCH_FAMILIES = ("resnet", "torchvision-resnet")
+_SELECT_FAMILIES = ("preresnet", "densenet")
+
+
+@dataclass(frozen=True)
+class Variant:
+    method: str  # "unpruned" or a slimbench.plan method
+    ratio: float = 0.0
+    residual: str = "keep"
+    branches: str = "keep"
+    round_to: int = 1
+
+    @property
+    def label(self) -> str:
+        extra = {("keep", "remove"): "+branch-removal", ("select", "keep"): "+channel-selection",
+                 ("shared", "keep"): "+shared-residual"}.get((self.residual, self.branches), "")
+        rounding = f"+round{self.round_to}" if self.round_to > 1 else ""
+        return f"{self.method}{extra}{rounding}"
+
+    def key(self, model: str) -> str:
+        """Stable case name, e.g. ``resnet56/network_slimming+branch-removal/0.5``."""
+        return f"{model}/{self.label}/{self.ratio:g}"
+
+    def plan_options(self) -> dict:
+        return dict(method=self.method, ratio=self.ratio, residual=self.residual, branches=self.branches,
+                    round_to=self.round_to)
+
+
+UNPRUNED = Variant("unpruned")
+
+
+def variants_for(family: str, *, ratios: Sequence[float] = DEFAULT_RATIOS, methods: Sequence[str] = METHODS,
+                 extras: bool = True, round_to: int = 1) -> list[Variant]:
+    """The unpruned model, every method x ratio, and the family's residual variants (network slimming)."""
+    for r in ratios:
+        if not 0.0 < r < 1.0:
+            raise ValueError(f"ratio {r} is outside (0, 1); pass ratios such as 0.3 0.5 0.7")
+    out = [UNPRUNED] + [Variant(m, r, round_to=round_to) for m in methods for r in ratios]
+    if extras and family in _BRANCH_FAMILIES:
+        out += [Variant("network_slimming", r, branches="remove", round_to=round_to) for r in ratios]
+    if extras and family in _SELECT_FAMILIES:
+        out += [Variant("network_slimming", r, residual="select", round_to=round_to) for r in ratios]
+    return out
+
+
+def apply_variant(model: nn.Module, example_inputs: ExampleInputs, variant: Variant
+                  ) -> tuple[nn.Module, slimbench.PruningPlan | None]:
+    """(pruned model, plan); the unpruned variant returns the model itself and no plan."""
+    if variant.method == "unpruned":
+        return model, None
+    with warnings.catch_warnings():
+        # "gamma cannot rank channels" is expected on untrained models; the report says how gamma was made.
+        warnings.simplefilter("ignore", UserWarning)
+        plan = slimbench.plan(model, example_inputs, **variant.plan_options())
+        return slimbench.prune(model, example_inputs, plan=plan), plan
+
+
+def param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_model(model: nn.Module, example_inputs: ExampleInputs) -> dict[str, int | None]:
+    """params, MACs and FLOPs. thop_ext (pruning-aware thop) when installed; otherwise MACs from
+    torch's FlopCounterMode (conv + linear, REFERENCE.md's convention) and FLOPs left as None."""
+    from slimbench.core.inputs import as_example_inputs
+
+    inputs = as_example_inputs(example_inputs)
+    try:
+        from thop_ext import profile
+    except ImportError:
+        profile = None
+    if profile is not None:
+        result = profile(model, inputs)
+        return {"params": int(result.params), "macs": int(result.macs), "flops": int(result.flops)}
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model(*inputs)
+    finally:
+        model.train(was_training)
+    return {"params": param_count(model), "macs": counter.get_total_flops() // 2, "flops": None}

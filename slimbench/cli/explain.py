@@ -1,0 +1,23 @@
+"""``slimbench explain MODEL``: which BatchNorm channels can be pruned, and why not."""
+
+from __future__ import annotations
+
+import argparse
+
+from slimbench.analysis.explain import explain, format_explanation
+from slimbench.models.resolve import resolve_model
+from slimbench.pruning.plan import RESIDUAL_MODES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="torchvision model name (e.g. resnet50) or a slimbench registry name")
+    parser.add_argument("--input-size", type=int, nargs="+", default=None, metavar="N",
+                        help="input shape without batch, e.g. 3 224 224, or one side N (default: the model's own)")
+    parser.add_argument("--dataset", default=None, help="data set the registry builds the model for")
+    parser.add_argument("--residual", choices=RESIDUAL_MODES, default="keep")
+
+
+def run(args: argparse.Namespace) -> int:
+    model, shape = resolve_model(args.model, args.dataset, args.input_size)
+    print(format_explanation(explain(model, shape, residual=args.residual)))
+    return 0

@@ -1,0 +1,44 @@
+"""``slimbench models``: list what the registry can build."""
+
+from __future__ import annotations
+
+import argparse
+
+from tabulate import tabulate
+
+from slimbench.models import DATASETS, list_models
+from slimbench.models.resnet_cifar import DEFAULT_SHORTCUT
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", choices=list(DATASETS), default=None,
+                        help="only models for this data set (default: all)")
+    parser.add_argument("--counts", action="store_true",
+                        help="also build each model and show params and MACs (slower)")
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = []
+    for info in list_models(args.dataset):
+        row = {"name": info.name, "dataset": info.dataset, "family": info.family,
+               "input": "x".join(map(str, info.input_shape)), "classes": info.num_classes}
+        if args.counts:
+            row.update(_counts(info))
+        row["description"] = info.description
+        rows.append(row)
+    print(tabulate(rows, headers="keys"))
+    print(f"\nCIFAR ResNets default to shortcut option {DEFAULT_SHORTCUT} (identity + zero pad, no parameters); "
+          "pass shortcut='B' to get_model for the 1x1-conv projection. ILSVRC12: any torchvision "
+          "classification name, weights=None; load local weights with checkpoint=PATH.")
+    return 0
+
+
+def _counts(info) -> dict:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = info.builder(num_classes=info.num_classes).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *info.input_shape))
+    return {"params": sum(p.numel() for p in model.parameters()),
+            "MACs (M)": round(counter.get_total_flops() / 2 / 1e6, 2)}

@@ -1,0 +1,80 @@
+"""``slimbench report``: arguments and output of the report (the work is in ``slimbench.bench.report``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from slimbench.bench.formats import FORMATS, render, write_atomic
+from slimbench.bench.latency import BACKENDS
+from slimbench.bench.report import ReportSettings, build_report
+from slimbench.bench.variants import METHODS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = ReportSettings()
+    parser.add_argument("--models", nargs="+", default=list(d.models), help="zoo names (slimbench models)")
+    parser.add_argument("--ratios", nargs="+", type=float, default=list(d.ratios), help="pruned channel fractions")
+    parser.add_argument("--methods", nargs="+", default=list(d.methods), choices=[*METHODS, "uniform"])
+    parser.add_argument("--data", default=d.data, help="digits (bundled) or cifar10=DIR, cifar100=DIR, ilsvrc12=DIR")
+    parser.add_argument("--checkpoint", help="trained (sparse) weights for the single model in --models")
+    parser.add_argument("--epochs", type=int, default=d.epochs, help="sparse-training epochs without --checkpoint")
+    parser.add_argument("--sparsity", type=float, default=d.sparsity, help="L1 strength s on BN gamma")
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--train-batch", type=int, default=d.train_batch, help="training batch size")
+    parser.add_argument("--gamma-init", type=float, default=d.gamma_init, help="BN gamma before sparse training")
+    parser.add_argument("--train-size", type=int, default=d.train_size, help="digits image size for training")
+    parser.add_argument("--train-steps", type=int, default=d.train_steps,
+                        help="cap on training batches per epoch (smoke runs)")
+    parser.add_argument("--finetune-steps", type=int, default=d.finetune_steps,
+                        help="fine-tuning batches per pruned model (0: none)")
+    parser.add_argument("--finetune-lr", type=float, default=d.finetune_lr)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="latency batch size")
+    parser.add_argument("--threads", type=int, default=d.threads, help="torch / onnxruntime intra-op threads")
+    parser.add_argument("--backends", nargs="+", default=list(d.backends), choices=list(BACKENDS))
+    parser.add_argument("--latency-time", type=float, default=d.latency_time, help="seconds of timing per model")
+    parser.add_argument("--round-to", type=int, default=d.round_to, help="keep channel counts multiples of N")
+    parser.add_argument("--format", default="table", choices=list(FORMATS))
+    parser.add_argument("--output", help="write the report here (atomically) instead of stdout")
+    parser.add_argument("--plot", help="PNG with MACs vs accuracy, latency vs ratio, gamma histogram")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+
+
+def _check_destination(option: str, path: str | None, suffix: str | None = None) -> None:
+    """Fail before the (minute-long) run, not after it."""
+    if path is None:
+        return
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{option} {path}: folder {str(folder)!r} does not exist; create it first")
+    if suffix and Path(path).suffix.lower() != suffix:
+        raise ValueError(f"{option} {path}: expected a {suffix} file name")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = ReportSettings(
+        models=args.models, ratios=args.ratios, methods=args.methods, data=args.data, checkpoint=args.checkpoint,
+        epochs=args.epochs, sparsity=args.sparsity, lr=args.lr, train_batch=args.train_batch,
+        gamma_init=args.gamma_init, train_size=args.train_size, train_steps=args.train_steps,
+        finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr, batch_size=args.batch_size,
+        threads=args.threads, backends=args.backends, latency_time=args.latency_time, round_to=args.round_to,
+        progress=not args.no_progress)
+    try:
+        _check_destination("--output", args.output)
+        _check_destination("--plot", args.plot, ".png")
+        report = build_report(settings)
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        print(f"slimbench report: error: {error}", file=sys.stderr)
+        return 2
+    text = render(report.rows, args.format, report.caption + f" (report took {report.seconds:.0f} s)")
+    if args.output:
+        write_atomic(args.output, text)
+    else:
+        sys.stdout.write(text)
+    if args.plot:
+        from slimbench.bench.formats import add_derived
+        from slimbench.bench.plots import plot_report
+
+        plot_report(add_derived(report.rows), report.gammas, args.plot)
+    return 0

@@ -1,0 +1,92 @@
+"""L1 sparsity on BatchNorm scale factors (network slimming's regulariser).
+
+Call between ``loss.backward()`` and ``optimizer.step()``: it adds ``s * sign(gamma)`` to each
+selected gamma's gradient, the subgradient of ``s * |gamma|``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import weakref
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from slimbench.core.inputs import unwrap
+from slimbench.core.modules import BATCHNORM_TYPES
+
+__all__ = ["update_bn", "update_bn_by_names", "update_prunable_bn", "batchnorms"]
+
+
+def batchnorms(model: nn.Module) -> dict[str, nn.Module]:
+    """All batch-norm modules of ``model`` by qualified name (wrappers unwrapped)."""
+    return {name: m for name, m in unwrap(model).named_modules() if isinstance(m, BATCHNORM_TYPES)}
+
+
+def _check_s(s: float) -> float:
+    s = float(s)
+    if not s >= 0:  # also rejects NaN
+        raise ValueError(f"sparsity s must be a non-negative number, got {s!r}")
+    return s
+
+
+@torch.no_grad()
+def _add_l1_subgradient(bns: Iterable[nn.Module], s: float) -> int:
+    touched = 0
+    for bn in bns:
+        weight = getattr(bn, "weight", None)
+        if weight is None or weight.grad is None:
+            continue  # affine=False, frozen, or not part of this backward pass
+        weight.grad.add_(torch.sign(weight), alpha=s)
+        touched += 1
+    return touched
+
+
+def update_bn(model: nn.Module, s: float = 1e-4) -> int:
+    """Apply the L1 subgradient to every BN gamma of ``model``; returns how many BNs it touched."""
+    s = _check_s(s)
+    return _add_l1_subgradient(batchnorms(model).values(), s)
+
+
+def update_bn_by_names(model: nn.Module, names: Iterable[str], s: float = 1e-4) -> int:
+    """Apply the L1 subgradient to the BNs named in ``names`` only.
+
+    Names are qualified module names of the unwrapped model; a ``module.`` prefix from a
+    DataParallel / DDP ``state_dict`` is accepted too.
+    """
+    s = _check_s(s)
+    if isinstance(names, str):
+        raise TypeError("names must be a collection of module names, not a single string")
+    available = batchnorms(model)
+    chosen = []
+    for name in names:
+        key = name[len("module."):] if name.startswith("module.") and name not in available else name
+        if key not in available:
+            hint = difflib.get_close_matches(key, list(available), n=3)
+            raise KeyError(
+                f"update_bn_by_names: {name!r} is not a batch-norm module of "
+                f"{type(unwrap(model)).__name__}"
+                + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else
+                   "; use slimbench.prunable_bn_names(model, inputs) to list valid names")
+            )
+        chosen.append(available[key])
+    return _add_l1_subgradient(chosen, s)
+
+
+_PRUNABLE_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[str, ...]] = weakref.WeakKeyDictionary()
+
+
+def update_prunable_bn(model: nn.Module, example_inputs, s: float = 1e-4) -> int:
+    """Apply the L1 subgradient only to BNs whose channels pruning can remove.
+
+    The trace is cached per model object (weakly, nothing is stored on the model), so calling
+    this every step is cheap.
+    """
+    from slimbench.analysis.explain import prunable_bn_names
+
+    inner = unwrap(model)
+    names = _PRUNABLE_CACHE.get(inner)
+    if names is None:
+        names = _PRUNABLE_CACHE[inner] = tuple(prunable_bn_names(inner, example_inputs))
+    return update_bn_by_names(inner, names, s)

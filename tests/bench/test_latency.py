@@ -1,0 +1,111 @@
+"""Latency harness mechanics: statistics, interleaving, budgets, thread handling, backends.
+No speed is asserted here (speed targets live in suites/ under --benchmark)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from slimbench.bench.latency import BackendUnavailable, Timing, batch_inputs, make_runner, measure, speedup, time_models
+
+
+def _small_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+
+def test_timing_statistics():
+    t = Timing("m", (1.0, 2.0, 3.0, 4.0, 100.0))
+    assert t.median_ms == 3.0
+    assert t.iqr_ms == pytest.approx(4.0 - 2.0)
+    assert t.iqr_fraction == pytest.approx(2.0 / 3.0)
+    assert speedup(Timing("a", (4.0,)), Timing("b", (2.0,))) == 2.0
+    assert t.to_dict()["median_ms"] == 3.0
+
+
+def test_measure_interleaves_and_respects_count_budget():
+    calls = []
+    runners = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    result = measure(runners, warmup=1, min_time_s=0.0, min_rounds=4, max_rounds=4, sample_ms=0.0)
+    assert [len(result[n].samples_ms) for n in "ab"] == [4, 4]
+    timed = calls[4:]  # warm-up + calibration: two calls each, runner by runner
+    assert timed == ["a", "b", "b", "a", "a", "b", "b", "a"]
+
+
+def test_measure_runs_until_time_budget():
+    import time
+
+    result = measure({"sleepy": lambda: time.sleep(0.002)}, warmup=0, min_time_s=0.05, min_rounds=1,
+                     sample_ms=0.0)
+    t = result["sleepy"]
+    assert sum(t.samples_ms) >= 50.0
+    assert t.median_ms >= 2.0
+
+
+def test_measure_fixes_torch_threads_and_restores_them():
+    seen = []
+    before = torch.get_num_threads()
+    measure({"m": lambda: seen.append(torch.get_num_threads())}, threads=2, min_time_s=0.0, min_rounds=2,
+            max_rounds=2, sample_ms=0.0)
+    assert set(seen) == {2}
+    assert torch.get_num_threads() == before
+
+
+def test_measure_rejects_bad_budgets():
+    with pytest.raises(ValueError, match="at least one runner"):
+        measure({})
+    with pytest.raises(ValueError, match="min_rounds"):
+        measure({"a": lambda: None}, min_rounds=5, max_rounds=2)
+
+
+def test_batch_inputs_from_shape_and_tensor():
+    assert batch_inputs((3, 8, 8), 4)[0].shape == (4, 3, 8, 8)
+    x = torch.randn(2, 3, 8, 8)
+    out = batch_inputs(x, 3)[0]
+    assert out.shape == (3, 3, 8, 8) and torch.equal(out[2], x[0])
+    with pytest.raises(ValueError, match="batch_size"):
+        batch_inputs(x, 0)
+
+
+def test_time_models_torch_and_ort_on_a_real_model_without_touching_it():
+    model = _small_net().train()
+    result = time_models({"net": model, "twice": nn.Sequential(_small_net(), nn.Identity())}, (3, 16, 16),
+                         batch_size=2, min_time_s=0.02, min_rounds=3, sample_ms=1.0)
+    assert set(result) == {"torch", "ort"}
+    for backend, timings in result.items():
+        assert set(timings) == {"net", "twice"}
+        t = timings["net"]
+        assert t.backend == backend and t.batch_size == 2 and t.threads == 1 and t.median_ms > 0
+    assert model.training
+
+
+def test_ort_runner_output_matches_torch():
+    model = _small_net().eval()
+    x = batch_inputs((3, 16, 16), 2)
+    got = make_runner("ort", model, x)()[0]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), model(*x), atol=1e-5, rtol=1e-4)
+
+
+def test_unknown_backend_is_named():
+    with pytest.raises(ValueError, match="unknown latency backend 'tvm'"):
+        make_runner("tvm", _small_net(), batch_inputs((3, 8, 8)))
+
+
+def test_openvino_missing_is_reported_and_skipped(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import now fails as if not installed
+    with pytest.raises(BackendUnavailable, match="pip install openvino"):
+        make_runner("openvino", _small_net(), batch_inputs((3, 8, 8)))
+    result = time_models({"net": _small_net()}, (3, 8, 8), backends=("torch", "openvino"), min_time_s=0.0,
+                         min_rounds=2, sample_ms=0.0)
+    assert set(result) == {"torch"}
+
+
+def test_openvino_backend_when_installed():
+    pytest.importorskip("openvino")
+    result = time_models({"net": _small_net()}, (3, 8, 8), backends=("openvino",), min_time_s=0.0,
+                         min_rounds=2, sample_ms=0.0)
+    assert result["openvino"]["net"].median_ms > 0

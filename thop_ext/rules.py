@@ -1,9 +1,11 @@
 """Weight-aware counting rules for the modules whose cost depends on which weights are live.
 
-A rule is looked up by ``isinstance`` (plain thop looks up ``type(m)`` exactly, so a subclass of
-``nn.Conv2d`` counts 0 there). Each rule has two halves: :func:`static_counts` reads the weights
-once, before the forward pass, and :func:`call_counts` turns one call's input/output shapes into
-MACs and FLOPs.
+A module's rule is its channel rule in ``slimbench.core.rules`` (looked up along the MRO: plain
+thop looks up ``type(m)`` exactly, so a subclass of ``nn.Conv2d`` counts 0 there); its
+``count_as`` says which counting below applies (``conv``, ``linear``, ``batchnorm``, ``gather``),
+so a user's module registered with ``ConvRule`` is counted as a conv. Each rule has two halves:
+:func:`static_counts` reads the weights once, before the forward pass, and :func:`call_counts`
+turns one call's input/output shapes into MACs and FLOPs.
 
 Live weights (``skip_zero=True``):
 
@@ -20,14 +22,10 @@ from math import prod
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.conv import _ConvNd
 
-from slimbench.core.modules import ChannelSelection
+from slimbench.core.rules import rule_for
 
 __all__ = ["StaticCounts", "has_rule", "static_counts", "call_counts"]
-
-RULE_TYPES = (_ConvNd, nn.Linear, _BatchNorm, ChannelSelection)
 
 
 @dataclass(frozen=True)
@@ -45,8 +43,13 @@ class StaticCounts:
     params: int = 0
 
 
+def _count_as(module: nn.Module) -> str | None:
+    rule = rule_for(module)
+    return rule.count_as if rule is not None else None
+
+
 def has_rule(module: nn.Module) -> bool:
-    return isinstance(module, RULE_TYPES)
+    return _count_as(module) is not None
 
 
 def _live_slices(weight: Tensor) -> Tensor:
@@ -58,7 +61,7 @@ def _live_slices(weight: Tensor) -> Tensor:
 
 def _live_outputs(module: nn.Module, live: Tensor) -> Tensor:
     """Which output channels have a live slice (a transposed conv stores (in, out / groups, ...))."""
-    if isinstance(module, _ConvNd) and module.transposed:
+    if getattr(module, "transposed", False):
         groups = module.groups
         return live.reshape(groups, live.shape[0] // groups, live.shape[1]).any(1).flatten()
     return live.any(1)
@@ -70,8 +73,9 @@ def _own_numel(module: nn.Module) -> int:
 
 def static_counts(module: nn.Module, skip_zero: bool) -> StaticCounts:
     """Live slices / channels and parameter count of ``module``'s own weights."""
+    kind = _count_as(module)
     with torch.no_grad():
-        if isinstance(module, (_ConvNd, nn.Linear)):
+        if kind in ("conv", "linear"):
             weight, bias = module.weight, module.bias
             if weight.dim() == 2:
                 weight = weight.unsqueeze(-1)
@@ -88,7 +92,7 @@ def static_counts(module: nn.Module, skip_zero: bool) -> StaticCounts:
                 live_bias = 0 if bias is None else bias.numel()
             extra = _own_numel(module) - module.weight.numel() - (0 if bias is None else bias.numel())
             return StaticCounts(live_slices=slices, live_bias=live_bias, params=slices * kernel + live_bias + extra)
-        if isinstance(module, _BatchNorm):
+        if kind == "batchnorm":
             channels = module.num_features
             if module.affine and skip_zero:
                 channels = int((module.weight.ne(0) | module.bias.ne(0)).sum())
@@ -115,21 +119,22 @@ def call_counts(module: nn.Module, counts: StaticCounts, inputs: tuple, output) 
     x, y = _first_tensor(inputs), _first_tensor(output)
     if x is None or y is None:
         return 0, 0
-    if isinstance(module, _ConvNd):
+    kind = _count_as(module)
+    if kind == "conv":
         spatial = module.weight.dim() - 2
         kernel = prod(module.weight.shape[2:])
         out_positions = prod(y.shape[-spatial:])
         # a transposed conv scatters every *input* position through the kernel
-        positions = prod(x.shape[-spatial:]) if module.transposed else out_positions
+        positions = prod(x.shape[-spatial:]) if getattr(module, "transposed", False) else out_positions
         batch = y.shape[0] if y.dim() == spatial + 2 else 1  # convs also accept unbatched input
         macs = counts.live_slices * kernel * positions * batch
         bias_adds = counts.live_bias * out_positions * batch
         return macs, 2 * macs + bias_adds
-    if isinstance(module, nn.Linear):
-        rows = y.numel() // max(module.out_features, 1)
+    if kind == "linear":
+        rows = y.numel() // max(module.weight.shape[0], 1)
         macs = counts.live_slices * rows
         return macs, 2 * macs + counts.live_bias * rows
-    if isinstance(module, _BatchNorm):
+    if kind == "batchnorm":
         per_channel = y.numel() // max(y.shape[1], 1) if y.dim() > 1 else 1
         return 0, 2 * counts.live_channels * per_channel
     return 0, 0  # ChannelSelection only gathers

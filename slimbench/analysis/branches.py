@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torch import fx, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from slimbench.analysis import ops
-from slimbench.analysis.replay import Builder
+from slimbench.analysis.interpreter import ChannelInterpreter
 
 
 @dataclass
@@ -27,7 +26,7 @@ class Branch:
     modules: frozenset[str]
 
 
-def find_branches(builder: Builder) -> list[Branch]:
+def find_branches(builder: ChannelInterpreter) -> list[Branch]:
     graph = builder.gm.graph
     output = next(n for n in reversed(graph.nodes) if n.op == "output")
 
@@ -77,13 +76,13 @@ def _has_state(module: nn.Module) -> bool:
     return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
 
 
-def _branch_end(builder: Builder, node: fx.Node) -> str | None:
+def _branch_end(builder: ChannelInterpreter, node: fx.Node) -> str | None:
     while True:
         if len(node.users) != 1:
             return None
         if node.op == "call_module":
             module = builder.modules[node.target]
-            if isinstance(module, _BatchNorm) and node.target in builder.bns and not builder.bns[node.target].selector:
+            if node.target in builder.bns and not builder.bns[node.target].selector:
                 return node.target
             if not ops.pointwise_zero_preserving(module):
                 return None

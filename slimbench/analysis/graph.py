@@ -1,9 +1,10 @@
 """The channel graph: which conv / linear / BN channels must be removed together.
 
-The model is traced (``trace.py``) and replayed node by node on meta tensors, so no real forward
-runs and nothing in the model changes. Each tensor carries labels (``labels.py``) saying which
-channel of which *space* sits at each position of dim 1. Spaces are created by conv / linear
-outputs (and model inputs, opaque ops); ops from ``channel_ops.py`` move, join or freeze labels.
+The model is traced (``trace.py``) and interpreted node by node on meta tensors
+(``interpreter.py``), so no real forward runs and nothing in the model changes. Each tensor
+carries labels (``slimbench.core.labels``) saying which channel of which *space* sits at each
+position of dim 1. Spaces are created by conv / linear outputs (and model inputs, opaque ops);
+module rules (``slimbench.core.rules``) and op handlers (``handlers.py``) move, join or freeze labels.
 Channels joined through ``+`` (or a squeeze-excitation product, or a depthwise conv) fall into one
 *class*: a class is removed whole or not at all. ``finalize`` turns all this into classes, the
 groups of spaces that classes tie together, and the reason each class can or cannot be pruned.
@@ -14,13 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from torch import fx, nn
 
 from slimbench.analysis.branches import Branch, find_branches
-from slimbench.analysis.replay import BNRecord, Builder, ConvRecord
+from slimbench.analysis.interpreter import ChannelInterpreter, label_graph
 from slimbench.analysis.trace import trace
 from slimbench.core.inputs import ExampleInputs, as_example_inputs
+from slimbench.core.rules import BNRecord, ConvRecord
 
 __all__ = ["ChannelGraph", "ConvRecord", "BNRecord", "Branch", "build_graph"]
 
@@ -82,16 +83,14 @@ def build_graph(model: nn.Module, example_inputs: ExampleInputs, *, residual: st
     """Trace ``model`` and compute its channel classes. The model is not modified."""
     inputs = as_example_inputs(example_inputs)
     gm, fallbacks = trace(model, leaf_modules, inputs)
-    builder = Builder(gm, select=residual == "select")
-    with torch.no_grad():
-        builder.run(inputs)
+    builder = label_graph(gm, inputs, select=residual == "select")
     if not builder.bns:
         raise ValueError(f"{type(model).__name__} has no BatchNorm layer reached by its forward: network "
                          "slimming prunes channels by their BatchNorm scale factors, so there is nothing to prune")
     return _finalize(builder, fallbacks, residual)
 
 
-def _finalize(b: Builder, fallbacks: list[str], residual: str) -> ChannelGraph:
+def _finalize(b: ChannelInterpreter, fallbacks: list[str], residual: str) -> ChannelGraph:
     n = len(b.parent)
     roots = np.fromiter((b.find(g) for g in range(n)), dtype=np.int64, count=n)
     _, class_of = np.unique(roots, return_inverse=True)

@@ -14,7 +14,9 @@ An op falls into one of a few kinds:
 - ``pad``: F.pad, spatial or on channels.
 - ``shape``: returns sizes, not channels.
 
-Anything not in the table is opaque: its channels are frozen, never guessed.
+Pointwise *modules* are channel rules (``slimbench.core.rules``). ``handlers.py`` turns these
+tables into the op -> handler table. Anything not in it is opaque: its channels are frozen,
+never guessed.
 """
 
 from __future__ import annotations
@@ -25,22 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimbench.core.rules import rule_for
+
 try:  # wrapped by torchvision for fx, so it shows up as a call_function node
     from torchvision.ops.stochastic_depth import stochastic_depth
 except ImportError:  # pragma: no cover - torchvision is a dependency
     stochastic_depth = None
-
-POINTWISE_MODULES: dict[type, bool] = {
-    nn.ReLU: True, nn.ReLU6: True, nn.LeakyReLU: True, nn.ELU: True, nn.SiLU: True,
-    nn.Hardswish: True, nn.GELU: True, nn.Mish: True, nn.Tanh: True, nn.Hardtanh: True,
-    nn.Identity: True, nn.Dropout: True, nn.Dropout1d: True, nn.Dropout2d: True, nn.Dropout3d: True,
-    nn.AlphaDropout: False, nn.MaxPool1d: True, nn.MaxPool2d: True, nn.MaxPool3d: True,
-    nn.AvgPool1d: True, nn.AvgPool2d: True, nn.AvgPool3d: True, nn.AdaptiveAvgPool1d: True,
-    nn.AdaptiveAvgPool2d: True, nn.AdaptiveAvgPool3d: True, nn.AdaptiveMaxPool1d: True,
-    nn.AdaptiveMaxPool2d: True, nn.AdaptiveMaxPool3d: True, nn.Upsample: True,
-    nn.UpsamplingNearest2d: True, nn.UpsamplingBilinear2d: True,
-    nn.Sigmoid: False, nn.Hardsigmoid: False, nn.Softplus: False,
-}
 
 POINTWISE_FUNCTIONS: dict[object, bool] = {
     torch.relu: True, torch.relu_: True, F.relu: True, F.relu6: True, F.leaky_relu: True,
@@ -96,10 +88,8 @@ PAD_FUNCTIONS = {F.pad}
 def pointwise_zero_preserving(module_or_target) -> bool | None:
     """Whether a pointwise op keeps 0 at 0; None when it is not a known pointwise op."""
     if isinstance(module_or_target, nn.Module):
-        for cls in type(module_or_target).__mro__:
-            if cls in POINTWISE_MODULES:
-                return POINTWISE_MODULES[cls]
-        return None
+        rule = rule_for(module_or_target)
+        return rule.keeps_zero if rule is not None else None
     if isinstance(module_or_target, str):
         return POINTWISE_METHODS.get(module_or_target)
     try:

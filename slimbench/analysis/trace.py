@@ -15,16 +15,12 @@ from collections.abc import Iterable
 
 from torch import Tensor, fx, nn
 from torch.fx.experimental.meta_tracer import MetaTracer, proxys_to_metas
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.conv import _ConvNd
 
 from slimbench.core.inputs import unwrap
-from slimbench.core.modules import ChannelSelection, MaskedBatchNorm
+from slimbench.core.rules import always_leaf
 
 __all__ = ["trace", "TraceFailure"]
 
-# Always leaves: their channel behaviour is read from their attributes, whatever the subclass.
-_ALWAYS_LEAF = (_ConvNd, nn.Linear, _BatchNorm, MaskedBatchNorm, ChannelSelection)
 _MAX_FALLBACKS = 16
 
 
@@ -40,7 +36,8 @@ class _LeafRules:
         self.stack: list[str] = []
 
     def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
-        if isinstance(m, _ALWAYS_LEAF) or qualified_name in self.extra_leaves:
+        # modules with an always-leaf channel rule (conv, linear, BN, ...), whatever the subclass
+        if always_leaf(m) or qualified_name in self.extra_leaves:
             return True
         return super().is_leaf_module(m, qualified_name)
 

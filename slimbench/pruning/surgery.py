@@ -11,11 +11,12 @@ import copy
 
 import numpy as np
 import torch
-from torch import Tensor, fx, nn
+from torch import fx, nn
 
-from slimbench.analysis.graph import ChannelGraph, ConvRecord, build_graph
+from slimbench.analysis.graph import ChannelGraph, build_graph
 from slimbench.core.inputs import ExampleInputs, as_example_inputs, unwrap
 from slimbench.core.modules import MaskedBatchNorm
+from slimbench.core.rules import BNRecord, ChannelRule, ConvRecord, rule_for
 from slimbench.pruning.plan import PruningPlan, keep_from_plan, make_plan
 
 __all__ = ["prune", "zero", "zero_bn_channels", "plan"]
@@ -44,60 +45,17 @@ def _graph_for(model: nn.Module, p: PruningPlan) -> ChannelGraph:
     return build_graph(model, inputs, residual=p.options.get("residual", "keep"))
 
 
-def _param(value: Tensor, like: nn.Parameter | None) -> nn.Parameter | None:
-    if like is None:
-        return None
-    return nn.Parameter(value.detach().clone(), requires_grad=like.requires_grad)
+def _rule(module: nn.Module, name: str) -> ChannelRule:
+    rule = rule_for(module)
+    if rule is None:  # the plan-time graph recorded it, so a rule labelled it: the model changed since
+        raise ValueError(f"module {name!r} ({type(module).__name__}) has no channel rule; register one with "
+                         "slimbench.core.rules.register_module_rule")
+    return rule
 
 
-def _index(mask: np.ndarray, device) -> Tensor:
-    return torch.as_tensor(np.flatnonzero(mask), dtype=torch.long, device=device)
-
-
-def _slice_conv(module: nn.Module, rec: ConvRecord, keep: np.ndarray) -> None:
-    weight = module.weight
-    device = weight.device
-    if rec.role == "dense":
-        out_idx, in_idx = _index(keep[rec.out_gids], device), _index(keep[rec.in_gids], device)
-        new_weight = weight.index_select(0, out_idx).index_select(1, in_idx)
-        bias = module.bias.index_select(0, out_idx) if module.bias is not None else None
-        if isinstance(module, nn.Linear):
-            module.in_features, module.out_features = len(in_idx), len(out_idx)
-        else:
-            module.in_channels, module.out_channels = len(in_idx), len(out_idx)
-    elif rec.role == "joined":
-        kept = keep[rec.out_gids]
-        out_idx = _index(kept, device)
-        if rec.group_size == 1:
-            new_weight, groups = weight.index_select(0, out_idx), len(out_idx)
-        else:
-            blocks = kept.reshape(rec.groups, rec.group_size)
-            counts = blocks.sum(1)
-            if (counts != counts[0]).any():
-                raise ValueError(f"grouped conv {rec.name!r} would keep unequal channel counts per group")
-            rows, per = weight.index_select(0, out_idx), int(counts[0])
-            pieces = [rows[g * per:(g + 1) * per].index_select(1, _index(blocks[g], device))
-                      for g in range(rec.groups)]
-            new_weight, groups = torch.cat(pieces), rec.groups
-        bias = module.bias.index_select(0, out_idx) if module.bias is not None else None
-        module.in_channels = module.out_channels = len(out_idx)
-        module.groups = groups
-    else:
-        return
-    module.weight = _param(new_weight, weight)
-    if module.bias is not None:
-        module.bias = _param(bias, module.bias)
-
-
-def _slice_bn(bn: nn.Module, keep: np.ndarray) -> None:
-    idx = _index(keep, bn.running_mean.device if bn.running_mean is not None else "cpu")
-    if bn.affine:
-        bn.weight = _param(bn.weight.index_select(0, idx), bn.weight)
-        bn.bias = _param(bn.bias.index_select(0, idx), bn.bias)
-    if bn.track_running_stats:
-        bn.running_mean = bn.running_mean.index_select(0, idx)
-        bn.running_var = bn.running_var.index_select(0, idx)
-    bn.num_features = len(idx)
+def _slice(module: nn.Module, name: str, rec: ConvRecord | BNRecord, keep: np.ndarray) -> None:
+    """Remove ``module``'s pruned channels in place, as its channel rule says."""
+    _rule(module, name).slice(module, rec, keep)
 
 
 def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -161,7 +119,7 @@ def prune(model: nn.Module, example_inputs: ExampleInputs | None = None, *, plan
     with torch.no_grad():
         for name, rec in graph.convs.items():
             if name not in removed or not remove_branches:
-                _slice_conv(modules[name], rec, keep)
+                _slice(modules[name], name, rec, keep)
         for name, rec in graph.bns.items():
             if name in removed and remove_branches:
                 continue
@@ -173,7 +131,7 @@ def prune(model: nn.Module, example_inputs: ExampleInputs | None = None, *, plan
                     _set_module(pruned, name, MaskedBatchNorm.from_batchnorm(
                         bn, torch.from_numpy(out_keep), torch.from_numpy(in_keep)))
                     continue
-            _slice_bn(bn, keep[rec.gids])
+            _slice(bn, name, rec, keep)
         if removed and not remove_branches:
             for name in removed:
                 for param in modules[name].parameters(recurse=False):
@@ -204,26 +162,10 @@ def zero(model: nn.Module, plan: PruningPlan) -> nn.Module:
                 for param in module.parameters(recurse=False):
                     param.zero_()
                 continue
-            if rec.role == "fixed":
-                continue
-            out_drop = _index(~keep[rec.out_gids], module.weight.device)
-            module.weight.index_fill_(0, out_drop, 0)
-            if module.bias is not None:
-                module.bias.index_fill_(0, out_drop, 0)
-            if rec.role == "dense":
-                module.weight.index_fill_(1, _index(~keep[rec.in_gids], module.weight.device), 0)
-            elif rec.group_size > 1:  # grouped: drop pruned inputs inside each group too
-                blocks = keep[rec.out_gids].reshape(rec.groups, rec.group_size)
-                for g, block in enumerate(blocks):
-                    rows = module.weight[g * rec.group_size:(g + 1) * rec.group_size]
-                    rows.index_fill_(1, _index(~block, module.weight.device), 0)
+            _rule(module, name).zero(module, rec, keep)
         for name, rec in graph.bns.items():
             bn = modules[name]
-            drop = np.ones(len(rec.gids), bool) if name in removed else ~keep[rec.gids]
-            if bn.affine:
-                idx = _index(drop, bn.weight.device)
-                bn.weight.index_fill_(0, idx, 0)
-                bn.bias.index_fill_(0, idx, 0)
+            _rule(bn, name).zero(bn, rec, np.zeros_like(keep) if name in removed else keep)
     return zeroed
 
 

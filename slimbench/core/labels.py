@@ -78,3 +78,8 @@ def channel_codes(label: Label | None) -> Tensor | None:
         collapsed = collapse(label.codes)
         return collapsed.codes if isinstance(collapsed, Chan) else None
     return None
+
+
+def clear_z(label: Label) -> Label:
+    """The same channels, no longer known to be exactly 0 when pruned."""
+    return Chan(with_z(label.codes, False)) if isinstance(label, Chan) else Full(with_z(label.codes, False))

@@ -1,0 +1,245 @@
+"""The built-in channel rules: conv-like, linear, batch norm, already-pruned modules, flatten, pointwise.
+
+Registered for their module types in ``slimbench.core.rules``; see ``rule_base`` for what each
+method is for. ``ConvRule`` reads only ``weight`` (out, in / groups, *kernel), ``bias`` and an
+optional ``groups`` attribute, so it also serves a user's own conv-like module.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, fx, nn
+from torch.nn.modules.conv import _ConvNd
+
+from slimbench.core.labels import Chan, channel_codes, gids, with_z, zbit
+from slimbench.core.modules import MaskedBatchNorm
+from slimbench.core.rule_base import BNRecord, ChannelRule, ConvRecord, LabelContext, generic_meta
+
+__all__ = ["ConvRule", "LinearRule", "BatchNormRule", "AlreadyPrunedRule", "MaskedBatchNormRule",
+           "FlattenRule", "PointwiseRule"]
+
+
+def _index(mask: np.ndarray, device) -> Tensor:
+    return torch.as_tensor(np.flatnonzero(mask), dtype=torch.long, device=device)
+
+
+def _param(value: Tensor, like: nn.Parameter) -> nn.Parameter:
+    return nn.Parameter(value.detach().clone(), requires_grad=like.requires_grad)
+
+
+def _input_codes(ctx: LabelContext, node: fx.Node) -> Tensor | None:
+    return channel_codes(ctx.input_label(node))
+
+
+class _WeightedRule(ChannelRule):
+    """Shared surgery of modules with a ``weight`` whose dims 0 / 1 are output / input channels."""
+
+    def set_sizes(self, module: nn.Module, cin: int, cout: int) -> None:
+        if hasattr(module, "in_channels"):
+            module.in_channels = cin
+        if hasattr(module, "out_channels"):
+            module.out_channels = cout
+
+    def slice(self, module: nn.Module, rec: ConvRecord, keep: np.ndarray) -> None:
+        weight = module.weight
+        device = weight.device
+        if rec.role == "dense":
+            out_idx, in_idx = _index(keep[rec.out_gids], device), _index(keep[rec.in_gids], device)
+            new_weight = weight.index_select(0, out_idx).index_select(1, in_idx)
+            self.set_sizes(module, len(in_idx), len(out_idx))
+        elif rec.role == "joined":
+            kept = keep[rec.out_gids]
+            out_idx = _index(kept, device)
+            if rec.group_size == 1:
+                new_weight, groups = weight.index_select(0, out_idx), len(out_idx)
+            else:
+                blocks = kept.reshape(rec.groups, rec.group_size)
+                counts = blocks.sum(1)
+                if (counts != counts[0]).any():
+                    raise ValueError(f"grouped conv {rec.name!r} would keep unequal channel counts per group")
+                rows, per = weight.index_select(0, out_idx), int(counts[0])
+                pieces = [rows[g * per:(g + 1) * per].index_select(1, _index(blocks[g], device))
+                          for g in range(rec.groups)]
+                new_weight, groups = torch.cat(pieces), rec.groups
+            self.set_sizes(module, len(out_idx), len(out_idx))
+            module.groups = groups
+        else:
+            return
+        module.weight = _param(new_weight, weight)
+        if getattr(module, "bias", None) is not None:
+            module.bias = _param(module.bias.index_select(0, out_idx), module.bias)
+
+    def zero(self, module: nn.Module, rec: ConvRecord, keep: np.ndarray) -> None:
+        if rec.role == "fixed":
+            return
+        weight, bias = module.weight, getattr(module, "bias", None)
+        out_drop = _index(~keep[rec.out_gids], weight.device)
+        weight.index_fill_(0, out_drop, 0)
+        if bias is not None:
+            bias.index_fill_(0, out_drop, 0)
+        if rec.role == "dense":
+            weight.index_fill_(1, _index(~keep[rec.in_gids], weight.device), 0)
+        elif rec.group_size > 1:  # grouped: drop pruned inputs inside each group too
+            blocks = keep[rec.out_gids].reshape(rec.groups, rec.group_size)
+            for g, block in enumerate(blocks):
+                rows = weight[g * rec.group_size:(g + 1) * rec.group_size]
+                rows.index_fill_(1, _index(~block, weight.device), 0)
+
+
+class ConvRule(_WeightedRule):
+    """Convolutions: dense (groups == 1), depthwise / grouped with in == out (joined), else fixed."""
+
+    count_as = "conv"
+
+    def reads_all_channels(self, module: nn.Module) -> bool:
+        return getattr(module, "groups", 1) == 1
+
+    def label(self, ctx: LabelContext, node: fx.Node, module: nn.Module, value: Any) -> Any:
+        codes = _input_codes(ctx, node)
+        if getattr(module, "transposed", False) or codes is None or not isinstance(value, Tensor):
+            return super().label(ctx, node, module, value)
+        name = node.target
+        g = getattr(module, "groups", 1)
+        cout, cin = module.weight.shape[0], module.weight.shape[1] * g
+        per_position = math.prod(module.weight.shape[2:]) * math.prod(value.shape[2:])
+        if g == 1:
+            ctx.consume(codes, name)
+            out = ctx.new_space(cout, "conv", name)
+            ctx.record_conv(node, ConvRecord(name, "dense", gids(codes).numpy(), gids(out).numpy(),
+                                             per_position=per_position))
+            return Chan(out)
+        if cin == cout:  # depthwise, or grouped with as many outputs as inputs per group
+            out = with_z(codes, zbit(codes).bool() & (getattr(module, "bias", None) is None))
+            ctx.record_conv(node, ConvRecord(name, "joined", gids(codes).numpy(), gids(codes).numpy(),
+                                             group_size=cin // g, groups=g, per_position=per_position))
+            return Chan(out)
+        reason = f"{name} is a grouped conv with {cout // g} outputs per {cin // g} inputs"
+        ctx.freeze(Chan(codes), reason)
+        ctx.record_conv(node, ConvRecord(name, "fixed", fixed_macs=cout * (cin // g) * per_position))
+        return Chan(ctx.new_space(cout, "opaque", name, frozen=reason))
+
+    def meta(self, module: nn.Module, args: tuple, kwargs: dict) -> Any:
+        if not isinstance(module, _ConvNd) or module.transposed:
+            return generic_meta(module, args, kwargs)
+        x = args[0] if args else None
+        if x.dim() < 2 or x.shape[1] != module.in_channels:
+            raise ValueError(f"{type(module).__name__} expects {module.in_channels} input channels, "
+                             f"got a tensor of shape {tuple(x.shape)}")
+        bias = module.bias.to("meta") if module.bias is not None else None
+        return module._conv_forward(x, module.weight.to("meta"), bias)
+
+
+class LinearRule(_WeightedRule):
+    """Linear layers on 2-D inputs: read every input feature, create a space of out-features."""
+
+    count_as = "linear"
+
+    def reads_all_channels(self, module: nn.Module) -> bool:
+        return True
+
+    def set_sizes(self, module: nn.Module, cin: int, cout: int) -> None:
+        module.in_features, module.out_features = cin, cout
+
+    def label(self, ctx: LabelContext, node: fx.Node, module: nn.Module, value: Any) -> Any:
+        codes = _input_codes(ctx, node)
+        if codes is None or not isinstance(value, Tensor) or value.dim() != 2:
+            return super().label(ctx, node, module, value)
+        name = node.target
+        ctx.consume(codes, name)
+        out = ctx.new_space(module.weight.shape[0], "linear", name)
+        ctx.record_conv(node, ConvRecord(name, "dense", gids(codes).numpy(), gids(out).numpy()))
+        return Chan(out)
+
+    def meta(self, module: nn.Module, args: tuple, kwargs: dict) -> Any:
+        bias = module.bias.to("meta") if module.bias is not None else None
+        return nn.functional.linear(args[0], module.weight.to("meta"), bias)
+
+
+class BatchNormRule(ChannelRule):
+    """Batch norms: the importance sources; their output is exactly 0 on a pruned channel."""
+
+    count_as = "batchnorm"
+
+    def label(self, ctx: LabelContext, node: fx.Node, module: nn.Module, value: Any) -> Any:
+        codes = _input_codes(ctx, node)
+        if codes is None:
+            return super().label(ctx, node, module, value)
+        name = node.target
+        if ctx.select and ctx.reads_shared(node.args[0]) and ctx.private(node):
+            ctx.consume(codes, name)
+            out = ctx.new_space(module.num_features, "selector", name, z=True)
+            ctx.record_bn(node, BNRecord(name, gids(out).numpy(), True, gids(codes).numpy()))
+            return Chan(out)
+        ctx.record_bn(node, BNRecord(name, gids(codes).numpy()))
+        return Chan(with_z(codes, True))
+
+    def meta(self, module: nn.Module, args: tuple, kwargs: dict) -> Any:
+        x = args[0]
+        if x.dim() < 2 or x.shape[1] != module.num_features:
+            raise ValueError(f"expected {module.num_features} channels, got input of shape {tuple(x.shape)}")
+        return torch.empty_like(x)
+
+    def slice(self, module: nn.Module, rec: BNRecord, keep: np.ndarray) -> None:
+        bn = module
+        idx = _index(keep[rec.gids], bn.running_mean.device if bn.running_mean is not None else "cpu")
+        if bn.affine:
+            bn.weight = _param(bn.weight.index_select(0, idx), bn.weight)
+            bn.bias = _param(bn.bias.index_select(0, idx), bn.bias)
+        if bn.track_running_stats:
+            bn.running_mean = bn.running_mean.index_select(0, idx)
+            bn.running_var = bn.running_var.index_select(0, idx)
+        bn.num_features = len(idx)
+
+    def zero(self, module: nn.Module, rec: BNRecord, keep: np.ndarray) -> None:
+        if module.affine:
+            idx = _index(~keep[rec.gids], module.weight.device)
+            module.weight.index_fill_(0, idx, 0)
+            module.bias.index_fill_(0, idx, 0)
+
+
+class AlreadyPrunedRule(ChannelRule):
+    """Modules surgery inserted (``ChannelSelection``): channels frozen, not pruned twice."""
+
+    count_as = "gather"
+
+    def label(self, ctx: LabelContext, node: fx.Node, module: nn.Module, value: Any) -> Any:
+        return ctx.opaque(node, value, f"{node.target} is an already-pruned {type(module).__name__}")
+
+
+class MaskedBatchNormRule(AlreadyPrunedRule):
+    count_as = "batchnorm"
+
+    def meta(self, module: nn.Module, args: tuple, kwargs: dict) -> Any:
+        assert isinstance(module, MaskedBatchNorm)
+        return args[0].index_select(1, module.index.to("meta"))
+
+
+class FlattenRule(ChannelRule):
+    """``nn.Flatten``: channels repeated over the flattened positions (a linear reads them all)."""
+
+    leaf = False
+    flattens = True
+
+    def label(self, ctx: LabelContext, node: fx.Node, module: nn.Module, value: Any) -> Any:
+        return ctx.reshape_label(node, value, flatten=True)
+
+
+class PointwiseRule(ChannelRule):
+    """Output channel i is input channel i (activations, pooling, dropout, identity)."""
+
+    leaf = False
+
+    def __init__(self, keeps_zero: bool) -> None:
+        self.keeps_zero = keeps_zero
+
+    def label(self, ctx: LabelContext, node: fx.Node, module: nn.Module, value: Any) -> Any:
+        if ctx.input_label(node) is None:
+            return super().label(ctx, node, module, value)
+        return ctx.pointwise_label(node, value, self.keeps_zero)
+
+    def __repr__(self) -> str:
+        return f"PointwiseRule(keeps_zero={self.keeps_zero})"

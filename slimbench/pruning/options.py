@@ -61,9 +61,11 @@ def as_number(value, name: str) -> float:
     """``value`` as a float: Python, numpy and 0-d torch numbers; bools and anything else refused."""
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_complex \
             and value.dtype != torch.bool:
-        return float(value.item())
+        value = value.detach().cpu().numpy().reshape(())
     if isinstance(value, np.ndarray) and value.ndim == 0:
-        value = value.item()
+        value = value[()]
+    if isinstance(value, np.floating) and value.dtype.itemsize < 8:
+        return float(str(value))  # np.float32(0.3) -> 0.3, not 0.30000001192092896
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
         return float(value)
     raise ValueError(f"{name} must be a number, got {type(value).__name__}: {value!r:.60}")

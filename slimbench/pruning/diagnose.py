@@ -26,7 +26,7 @@ def _count(n: int, total: int) -> str:
     return f"all {total}" if n == total else f"{n} of {total}"
 
 
-def why_little(graph: ChannelGraph, opts) -> str:
+def why_little(graph: ChannelGraph, opts, pruned: int) -> str:
     """Where the BatchNorms went: coupled, frozen (first reason), ignored, or rounded away."""
     candidates, ignored = candidate_classes(graph, opts.residual, opts.ignored_layers)
     total, parts = len(graph.bns), []
@@ -54,8 +54,13 @@ def why_little(graph: ChannelGraph, opts) -> str:
         if small:
             parts.append(f"{_count(len(small), total)} BNs have no more than round_to={opts.round_to} channels "
                          "and stay whole")
-    if not parts:
-        parts.append(f"the {total - len(coupled) - len(frozen) - len(kept)} prunable BNs hold few of the MACs")
+    n_candidates = int(candidates[graph.class_of].sum())
+    if not parts and pruned == 0:
+        parts.append(f"of the {n_candidates} prunable channels none can go at ratio={opts.ratio} "
+                     "(each layer keeps at least one channel)")
+    elif not parts:
+        plural = "s" if pruned != 1 else ""
+        parts.append(f"the {pruned} channel{plural} pruned (of {n_candidates} prunable) carry few of the MACs")
     return "; ".join(parts)
 
 
@@ -90,4 +95,4 @@ def warn_if_little(graph: ChannelGraph, opts, plan, replan: Callable[..., object
         setting = ", ".join(f"{k}={v!r}" for k, v in best.items())
         hint = f"{setting} removes {best_removed:.0%} of the MACs"
     warnings.warn(f"the plan removes only {removed:.1%} of the conv+linear MACs at ratio={opts.ratio}: "
-                  f"{why_little(graph, opts)}; {hint}", UserWarning, stacklevel=4)
+                  f"{why_little(graph, opts, plan.pruned_channels)}; {hint}", UserWarning, stacklevel=4)

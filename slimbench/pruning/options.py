@@ -86,7 +86,7 @@ def unknown_keyword(name: str) -> TypeError:
         close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
         meant = close[0] if close else None
     hint = f"; did you mean {meant}?" if meant else f"; the options are {', '.join(KEYWORDS)}"
-    return TypeError(f"slimbench.plan() got an unexpected keyword argument {name!r}{hint}")
+    return TypeError(f"unknown plan option {name!r} (a keyword of slimbench.plan / slimbench.prune){hint}")
 
 
 def _layer_names(value, model: nn.Module, what: str) -> list[str]:

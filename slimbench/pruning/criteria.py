@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Criterion", "CRITERIA", "METHODS", "register_criterion", "get_criterion", "network_slimming",
+__all__ = ["Criterion", "CRITERIA", "METHODS", "register_criterion", "get_criterion", "smallest", "network_slimming",
            "optimal_thresholding", "uniform", "global_threshold"]
 
 _STANDARD = ("importance", "candidates", "layers", "ratio")
@@ -93,7 +93,7 @@ def get_criterion(name: str) -> Criterion:
     return CRITERIA[name]
 
 
-def _smallest(importance: np.ndarray, candidates: np.ndarray, count: int) -> np.ndarray:
+def smallest(importance: np.ndarray, candidates: np.ndarray, count: int) -> np.ndarray:
     prune = np.zeros(len(importance), dtype=bool)
     idx = np.flatnonzero(candidates)
     if count > 0 and idx.size:
@@ -112,7 +112,7 @@ def global_threshold(importance: np.ndarray, candidates: np.ndarray, ratio: floa
 def network_slimming(importance: np.ndarray, candidates: np.ndarray, layers: list[np.ndarray],
                      ratio: float) -> np.ndarray:
     """One global threshold over all candidate classes (Liu et al., 2017)."""
-    return _smallest(importance, candidates, int(np.floor(ratio * candidates.sum())))
+    return smallest(importance, candidates, int(np.floor(ratio * candidates.sum())))
 
 
 def uniform(importance: np.ndarray, candidates: np.ndarray, layers: list[np.ndarray],
@@ -122,7 +122,7 @@ def uniform(importance: np.ndarray, candidates: np.ndarray, layers: list[np.ndar
     for layer in layers:
         mask = np.zeros(len(importance), dtype=bool)
         mask[layer] = candidates[layer]
-        prune |= _smallest(importance, mask, int(np.floor(ratio * mask.sum())))
+        prune |= smallest(importance, mask, int(np.floor(ratio * mask.sum())))
     return prune
 
 
@@ -141,7 +141,7 @@ def _ot_prune(importance, candidates, layers, delta) -> np.ndarray:
         mask = np.zeros(len(importance), dtype=bool)
         mask[layer] = candidates[layer]
         if mask.any():
-            prune |= _smallest(importance, mask, _ot_layer(importance[mask], delta))
+            prune |= smallest(importance, mask, _ot_layer(importance[mask], delta))
     return prune
 
 

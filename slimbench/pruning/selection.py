@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from slimbench.analysis.graph import ChannelGraph
-from slimbench.pruning.criteria import _smallest as smallest
+from slimbench.pruning.criteria import smallest
 
 __all__ = ["layers_of", "candidate_classes", "layer_overrides", "enforce", "removed_by", "smallest",
            "check_round_to"]

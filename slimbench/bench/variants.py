@@ -11,7 +11,6 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 import slimbench
@@ -85,7 +84,7 @@ def param_count(model: nn.Module) -> int:
 
 def count_model(model: nn.Module, example_inputs: ExampleInputs) -> dict[str, int | None]:
     """params, MACs and FLOPs. thop_ext (pruning-aware thop) when installed; otherwise MACs from
-    torch's FlopCounterMode (conv + linear, REFERENCE.md's convention) and FLOPs left as None."""
+    ``slimbench.core.counting.conv_linear_macs`` (torch's FlopCounterMode, conv + linear) and FLOPs None."""
     from slimbench.core.inputs import as_example_inputs
 
     inputs = as_example_inputs(example_inputs)
@@ -96,13 +95,6 @@ def count_model(model: nn.Module, example_inputs: ExampleInputs) -> dict[str, in
     if profile is not None:
         result = profile(model, inputs)
         return {"params": int(result.params), "macs": int(result.macs), "flops": int(result.flops)}
-    from torch.utils.flop_counter import FlopCounterMode
+    from slimbench.core.counting import conv_linear_macs
 
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-            model(*inputs)
-    finally:
-        model.train(was_training)
-    return {"params": param_count(model), "macs": counter.get_total_flops() // 2, "flops": None}
+    return {"params": param_count(model), "macs": conv_linear_macs(model, inputs), "flops": None}

@@ -34,11 +34,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _counts(info) -> dict:
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    from slimbench.core.counting import conv_linear_macs
 
     model = info.builder(num_classes=info.num_classes).eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, *info.input_shape))
     return {"params": sum(p.numel() for p in model.parameters()),
-            "MACs (M)": round(counter.get_total_flops() / 2 / 1e6, 2)}
+            "MACs (M)": round(conv_linear_macs(model, tuple(info.input_shape)) / 1e6, 2)}

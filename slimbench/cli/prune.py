@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     model, shape = resolve_model(args.model, args.dataset, args.input_size, args.checkpoint)
-    plan = make_plan(model, shape, method=args.method, ratio=args.ratio, target_macs=args.target_macs,
+    ratio = None if args.target_macs is not None else args.ratio  # plan refuses both
+    plan = make_plan(model, shape, method=args.method, ratio=ratio, target_macs=args.target_macs,
                      round_to=args.round_to, residual=args.residual, branches=args.branches)
     pruned = prune(model, plan=plan)
     rows = [r for r in plan.summary() if r["after"] != r["before"]]

@@ -102,7 +102,6 @@ def _plan_from_shapes(model: nn.Module, state: Mapping[str, Tensor], inputs) -> 
             masks[name] = torch.from_numpy(mask)
     plan = PruningPlan(masks=masks, method="from_shapes", ratio=None,
                        input_shapes=[list(t.shape) for t in inputs], options={"residual": residual})
-    plan._graph, plan._model_id = graph, id(unwrap(model))
     return plan
 
 

@@ -1,7 +1,10 @@
 """PruningPlan: which BN channels go, as plain data; and how a plan is made from a model.
 
-A plan is JSON-serialisable: keep-masks per BatchNorm, the residual branches removed, and the
-options it was made with. ``slimbench.prune`` re-derives every conv/linear slice from it.
+A plan is pure, JSON-serialisable data: keep-masks per BatchNorm, the residual branches removed,
+and the options it was made with; it holds no reference to the model or its traced graph.
+``slimbench.prune`` re-derives every conv/linear slice from it (``slimbench.analyze`` keeps the
+graph for repeated plans and prunes). Options are checked in ``options.py``; the class-level
+selection steps (rounding, grouped convs, layer overrides) live in ``selection.py``.
 """
 
 from __future__ import annotations
@@ -16,12 +19,21 @@ from torch import Tensor, nn
 
 from slimbench.analysis.graph import ChannelGraph, build_graph
 from slimbench.core.inputs import ExampleInputs, as_example_inputs, unwrap
-from slimbench.pruning.criteria import METHODS, global_threshold
+from slimbench.pruning.diagnose import warn_if_little
+from slimbench.pruning.importance import Importance, bn_scores, class_importance
+from slimbench.pruning.options import BRANCH_MODES, RESIDUAL_MODES, PlanOptions, check_options
+from slimbench.pruning.selection import (
+    candidate_classes,
+    check_round_to,
+    enforce,
+    layer_overrides,
+    layers_of,
+    removed_by,
+    smallest,
+)
 
-__all__ = ["PruningPlan", "make_plan", "keep_from_plan", "RESIDUAL_MODES", "BRANCH_MODES"]
+__all__ = ["PruningPlan", "make_plan", "plan_on_graph", "keep_from_plan", "RESIDUAL_MODES", "BRANCH_MODES"]
 
-RESIDUAL_MODES = ("keep", "shared", "select")
-BRANCH_MODES = ("keep", "remove")
 FORMAT = "slimbench.plan/1"
 
 
@@ -37,8 +49,6 @@ class PruningPlan:
     macs_before: int = 0
     macs_after: int = 0
     layers: list[dict] = field(default_factory=list)
-    _graph: ChannelGraph | None = field(default=None, repr=False, compare=False)
-    _model_id: int | None = field(default=None, repr=False, compare=False)
 
     @property
     def pruned_channels(self) -> int:
@@ -82,157 +92,118 @@ class PruningPlan:
 
 # -- making a plan --------------------------------------------------------------------------------
 
-def _check_options(method, ratio, target_macs, round_to, residual, branches, delta) -> None:
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if target_macs is None:
-        if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
-            raise ValueError(f"ratio must be a number in [0, 1) (the fraction of prunable channels "
-                             f"to remove), got {ratio!r}")
-    elif not isinstance(target_macs, (int, float)) or not 0 < target_macs <= 1:
-        raise ValueError(f"target_macs must be in (0, 1], a fraction of the unpruned MACs; got {target_macs!r}")
-    if not isinstance(round_to, int) or round_to < 1:
-        raise ValueError(f"round_to must be a positive integer, got {round_to!r}")
-    if residual not in RESIDUAL_MODES:
-        raise ValueError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
-    if branches not in BRANCH_MODES:
-        raise ValueError(f"branches must be one of {BRANCH_MODES}, got {branches!r}")
-    if branches == "remove" and method != "network_slimming":
-        raise ValueError("branches='remove' compares a branch's gammas with network slimming's global "
-                         "threshold; use it with method='network_slimming'")
-    if delta is not None and not 0 < delta < 1:
-        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
-
-
-def _importance(graph: ChannelGraph, model: nn.Module) -> np.ndarray:
-    sums = np.zeros(graph.n_classes)
-    counts = np.zeros(graph.n_classes)
-    modules = dict(unwrap(model).named_modules())
-    for name, rec in graph.bns.items():
-        weight = modules[name].weight
-        gamma = (np.abs(weight.detach().float().cpu().numpy()) if weight is not None
-                 else np.ones(len(rec.gids)))
-        np.add.at(sums, graph.class_of[rec.gids], gamma)
-        np.add.at(counts, graph.class_of[rec.gids], 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
-
-
-def _layers(graph: ChannelGraph) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Layer index per class (the first space it touches) and the classes of each layer."""
-    key = np.full(graph.n_classes, np.iinfo(np.int64).max)
-    np.minimum.at(key, graph.class_of, graph.space_of)
-    order = np.argsort(key, kind="stable")
-    _, starts = np.unique(key[order], return_index=True)
-    return key, np.split(order, starts[1:])
-
-
-def _enforce(graph, prune, importance, candidates, round_to, removed_spaces) -> np.ndarray:
-    """Round counts, respect grouped convs and selections, and keep >= 1 channel per space."""
-    prune = prune.copy()
-    key, layers = _layers(graph)
-    if round_to > 1:
-        for layer in layers:
-            cand = layer[candidates[layer]]
-            if not cand.size:
-                continue
-            kept = len(layer) - int(prune[layer].sum())
-            target = min(len(layer), max(round_to, int(round(kept / round_to)) * round_to))
-            fixed = len(layer) - cand.size  # non-candidates are always kept
-            n_keep = max(0, target - fixed)
-            order = cand[np.argsort(-importance[cand], kind="stable")]
-            prune[order[:n_keep]] = False
-            prune[order[n_keep:]] = True
-    for rec in graph.convs.values():
-        if rec.role != "joined" or rec.group_size == 1:
-            continue
-        classes = graph.class_of[rec.out_gids].reshape(rec.groups, rec.group_size)
-        kept = (~prune[classes]).sum(1)
-        k = int(np.clip(round(kept.mean()), 1, rec.group_size))
-        for block in classes:
-            order = block[np.argsort(-importance[block], kind="stable")]
-            prune[order[:k]] = False
-            prune[order[k:]] = prune[order[k:]] | candidates[order[k:]]
-    keep_gid = ~prune[graph.class_of]
-    for rec in graph.bns.values():
-        if rec.selector:
-            dropped = graph.class_of[rec.gids][~keep_gid[rec.in_gids]]
-            prune[dropped] = True
-    keep_gid = ~prune[graph.class_of]
-    kept_per_space = np.bincount(graph.space_of, weights=keep_gid, minlength=len(graph.spaces))
-    for space in np.flatnonzero(kept_per_space == 0):
-        if space in removed_spaces:
-            continue
-        classes = np.unique(graph.class_of[graph.space_of == space])
-        prune[classes[np.argmax(importance[classes])]] = False
-    return prune
-
-
-def _removed(graph: ChannelGraph, names: list[str]) -> tuple[frozenset[str], set[int]]:
-    modules = frozenset().union(*(b.modules for b in graph.branches if b.bn in names)) if names else frozenset()
-    spaces = {i for i, (_, owner, _) in enumerate(graph.spaces) if owner in modules}
-    return modules, spaces
-
-
 def make_plan(model: nn.Module, example_inputs: ExampleInputs, *, method: str = "network_slimming",
-              ratio: float = 0.5, target_macs: float | None = None, round_to: int = 1,
-              residual: str = "keep", branches: str = "keep", delta: float | None = None,
-              leaf_modules=(), graph: ChannelGraph | None = None) -> PruningPlan:
-    """Decide which channels to remove; see ``slimbench.plan`` for the options."""
-    _check_options(method, ratio, target_macs, round_to, residual, branches, delta)
+              ratio: float | None = None, target_macs: float | None = None, round_to: int = 1,
+              residual: str = "keep", branches: str = "keep", importance: str | Importance = "gamma",
+              ignored_layers=(), layer_ratios: dict[str, float] | None = None, leaf_modules=(),
+              graph: ChannelGraph | None = None, warn: bool = True, **criterion_options) -> PruningPlan:
+    """Decide which channels to remove; see ``slimbench.plan`` for the options.
+
+    ``graph``: a channel graph of this model traced with the same ``residual`` mode (what
+    ``slimbench.analyze`` keeps), so that planning does not trace again.
+    """
+    opts = check_options(unwrap(model), method=method, ratio=ratio, target_macs=target_macs,
+                         round_to=round_to, residual=residual, branches=branches, importance=importance,
+                         ignored_layers=ignored_layers, layer_ratios=layer_ratios or {},
+                         criterion_options=criterion_options)
     inputs = as_example_inputs(example_inputs)
-    graph = graph or build_graph(model, inputs, residual=residual, leaf_modules=leaf_modules)
-    importance = _importance(graph, model)
-    candidates = graph.prunable_classes()
-    if residual != "shared":
-        candidates &= ~graph.class_residual
+    if graph is None:
+        graph = build_graph(model, inputs, residual=residual, leaf_modules=leaf_modules)
+    elif graph.options.get("residual", "keep") != residual:
+        raise ValueError(f"the channel graph was traced with residual={graph.options.get('residual')!r}; "
+                         f"a plan with residual={residual!r} needs its own (slimbench.analyze keeps one per mode)")
+    plan = plan_on_graph(model, inputs, graph, opts)
+    if warn:
+        def alternative(**changes) -> PruningPlan:
+            options = dict(method=method, ratio=ratio, target_macs=target_macs, round_to=round_to,
+                           residual=residual, branches=branches, importance=importance,
+                           ignored_layers=ignored_layers, layer_ratios=layer_ratios, leaf_modules=leaf_modules,
+                           **criterion_options)
+            options.update(changes)
+            return make_plan(model, inputs, warn=False, **options)
+
+        warn_if_little(graph, opts, plan, alternative)
+    return plan
+
+
+def plan_on_graph(model: nn.Module, inputs: tuple[Tensor, ...], graph: ChannelGraph, opts: PlanOptions) -> PruningPlan:
+    """The plan that checked options ``opts`` give on ``graph`` (a trace of ``model``)."""
+    source = unwrap(model)
+    scores = bn_scores(graph, source, opts.importance)
+    importance = class_importance(graph, scores)
+    candidates, ignored = candidate_classes(graph, opts.residual, opts.ignored_layers)
     values = importance[candidates]
     if values.size and np.ptp(values) == 0:
         warnings.warn("every prunable BN gamma has the same value (an untrained model?): the channel ranking "
-                      "is arbitrary; sparse-train first (slimbench.update_bn) for a meaningful plan", stacklevel=3)
-    key, layers = _layers(graph)
-    criterion = METHODS[method]
-    base = graph.macs()
+                      "is arbitrary; sparse-train first (slimbench.update_bn) for a meaningful plan", stacklevel=4)
+    key, layers = layers_of(graph)
+    check_round_to(graph, candidates, opts.round_to, key, layers)
+    overrides = layer_overrides(graph, opts.layer_ratios, candidates, key)
+    pool = candidates.copy()  # what the criterion ranks: layers with their own ratio are left out
+    for layer, _ in overrides:
+        pool[layer] = False
+    criterion, base = opts.criterion, graph.macs()
+    ignored_bns = {n for n, rec in graph.bns.items() if ignored[graph.class_of[rec.gids]].any()}
 
-    def decide(r: float):
-        prune = criterion(importance, candidates, layers, ratio=r, delta=delta)
+    def decide(r: float | None):
+        prune = np.asarray(criterion.fn(importance, pool, layers, ratio=r, **opts.criterion_options), dtype=bool)
+        if prune.shape != (graph.n_classes,):
+            raise ValueError(f"criterion {criterion.name!r} returned {prune.shape}, expected one bool per class "
+                             f"({graph.n_classes})")
+        prune &= pool
+        for layer, layer_ratio in overrides:
+            mask = np.zeros(graph.n_classes, dtype=bool)
+            mask[layer] = True
+            prune |= smallest(importance, mask, int(np.floor(layer_ratio * layer.size)))
         names: list[str] = []
-        if branches == "remove":
-            threshold = global_threshold(importance, candidates, r)
-            modules = dict(unwrap(model).named_modules())
-            for b in graph.branches:
-                gamma = modules[b.bn].weight.detach().abs()
-                if bool((gamma <= threshold).all()):
-                    names.append(b.bn)
-        removed_modules, removed_spaces = _removed(graph, names)
-        prune = _enforce(graph, prune, importance, candidates, round_to, removed_spaces)
+        if opts.branches == "remove":
+            threshold = criterion.threshold(importance, candidates, r)
+            names = [b.bn for b in graph.branches
+                     if b.bn not in ignored_bns and bool((scores[b.bn] <= threshold).all())]
+        removed_modules, removed_spaces = removed_by(graph, names)
+        prune = enforce(graph, prune, importance, candidates, opts.round_to, removed_spaces)
         return prune, names, removed_modules
 
-    if target_macs is None:
-        prune, names, removed_modules = decide(float(ratio))
+    def macs(attempt) -> int:
+        return graph.macs(~attempt[0][graph.class_of], attempt[2])
+
+    if opts.target_macs is None:
+        prune, names, removed_modules = decide(opts.ratio)
+        ratio = opts.ratio
     else:
-        low, high = 0.0, 0.999
-        prune, names, removed_modules = decide(0.0)
-        if graph.macs(~prune[graph.class_of], removed_modules) > target_macs * base:
+        goal = opts.target_macs * base
+        best = decide(0.0)
+        ratio = 0.0
+        if macs(best) > goal:
+            most = decide(0.999)
+            if macs(most) > goal:
+                raise ValueError(
+                    f"target_macs={opts.target_macs} is out of reach: {criterion.name} at ratio 0.999 (pruning "
+                    f"all it may) leaves {macs(most) / base:.3f} of the MACs; ask for target_macs >= "
+                    f"{np.ceil(macs(most) / base * 1000) / 1000:.3f}" + _more_hint(graph, opts))
+            low, high, best = 0.0, 0.999, most
             for _ in range(30):
                 mid = (low + high) / 2
                 attempt = decide(mid)
-                if graph.macs(~attempt[0][graph.class_of], attempt[2]) <= target_macs * base:
-                    prune, names, removed_modules, high = *attempt, mid
+                if macs(attempt) <= goal:
+                    best, high = attempt, mid
                 else:
                     low = mid
-            if graph.macs(~prune[graph.class_of], removed_modules) > target_macs * base:
-                raise ValueError(f"target_macs={target_macs} is out of reach: pruning every prunable "
-                                 f"channel leaves {graph.macs(~prune[graph.class_of], removed_modules) / base:.3f} "
-                                 "of the MACs")
-        ratio = high if target_macs is not None else ratio
+            ratio = high
+        prune, names, removed_modules = best
     keep_gid = ~prune[graph.class_of]
-    return _to_plan(graph, keep_gid, names, removed_modules, method, ratio, inputs, base,
-                    {"residual": residual, "branches": branches, "round_to": round_to,
-                     "target_macs": target_macs, "delta": delta}, model)
+    return _to_plan(graph, keep_gid, names, removed_modules, criterion.name,
+                    None if opts.target_macs is not None else ratio, inputs, base, opts.record())
 
 
-def _to_plan(graph, keep_gid, branch_names, removed_modules, method, ratio, inputs, base, options, model):
+def _more_hint(graph: ChannelGraph, opts: PlanOptions) -> str:
+    coupled = graph.prunable_classes() & graph.class_residual
+    if opts.residual == "keep" and coupled.any():
+        return "; residual='shared' or 'select' may also prune the channels joined by residual adds"
+    return ""
+
+
+def _to_plan(graph, keep_gid, branch_names, removed_modules, method, ratio, inputs, base, options):
     masks, layers = {}, []
     for name, rec in graph.bns.items():
         keep = np.zeros(len(rec.gids), dtype=bool) if name in removed_modules else keep_gid[rec.gids]
@@ -246,7 +217,6 @@ def _to_plan(graph, keep_gid, branch_names, removed_modules, method, ratio, inpu
         input_shapes=[list(t.shape) for t in inputs], options=options, branches=branch_names,
         selectors=[n for n, r in graph.bns.items() if r.selector and n not in removed_modules],
         macs_before=base, macs_after=graph.macs(keep_gid, removed_modules), layers=layers,
-        _graph=graph, _model_id=id(unwrap(model)),
     )
 
 
@@ -260,7 +230,7 @@ def keep_from_plan(graph: ChannelGraph, plan: PruningPlan) -> tuple[np.ndarray, 
     if missing:
         raise ValueError(f"the plan removes the residual branch ending at {missing[0]!r}, but that is "
                          "not a removable branch of this model")
-    removed_modules, _ = _removed(graph, plan.branches)
+    removed_modules, _ = removed_by(graph, plan.branches)
     prune = np.zeros(graph.n_classes, dtype=bool)
     seen = np.zeros(graph.n_classes, dtype=bool)
     for name, mask in plan.masks.items():
@@ -270,6 +240,9 @@ def keep_from_plan(graph: ChannelGraph, plan: PruningPlan) -> tuple[np.ndarray, 
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != (len(rec.gids),):
             raise ValueError(f"plan mask for {name!r} has {mask.size} entries; the BN has {len(rec.gids)} channels")
+        if not mask.any():
+            raise ValueError(f"the plan removes every channel of {name!r}; a layer must keep at least one "
+                             "(to drop a whole residual branch, plan with branches='remove')")
         classes = graph.class_of[rec.gids]
         prune[classes[~mask]] = True
         seen[classes] = True

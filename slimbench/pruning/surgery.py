@@ -23,26 +23,38 @@ __all__ = ["prune", "zero", "zero_bn_channels", "plan"]
 
 
 def plan(model: nn.Module, example_inputs: ExampleInputs, *, method: str = "network_slimming",
-         ratio: float = 0.5, **options) -> PruningPlan:
-    """Decide which BN channels to remove; the model is not modified.
+         ratio: float | None = None, **options) -> PruningPlan:
+    """Decide which BN channels to remove; the model is not modified. Returns pure data.
 
-    ``method``: ``network_slimming`` (one global threshold on |gamma|), ``optimal_thresholding``
-    (per layer; ``delta`` or a ``ratio`` it searches delta for) or ``uniform`` (same fraction per
-    layer). ``ratio``: fraction of prunable channels to remove, or ``target_macs``: fraction of the
-    unpruned conv+linear MACs to keep. ``round_to``: channel counts in multiples of N.
-    ``residual``: ``keep`` coupled groups whole, prune them with a ``shared`` importance, or
-    ``select`` channels for BNs that read a residual sum or a concat (MaskedBatchNorm).
-    ``branches="remove"``: drop residual branches whose last BN falls under the threshold.
+    ``method``: a registered criterion (``slimbench.pruning.criteria``): ``network_slimming`` (one
+    global threshold), ``optimal_thresholding`` (per layer; its option ``delta``, or a ``ratio`` it
+    searches delta for) or ``uniform`` (same fraction per layer); options a criterion does not take
+    are refused. ``ratio``: fraction of prunable channels to remove (default 0.5), or ``target_macs``:
+    fraction of the unpruned conv+linear MACs to keep (not both). ``importance``: ``"gamma"``
+    (mean |gamma|, default), ``"bn_scale"`` or a function ``fn(name, bn) -> scores``
+    (``slimbench.pruning.importance``). ``round_to``: channel counts in multiples of N (layers of N
+    channels or fewer stay whole). ``residual``: ``keep`` coupled groups whole, prune them with a
+    ``shared`` importance, or ``select`` channels for BNs that read a residual sum or a concat
+    (MaskedBatchNorm). ``branches="remove"``: drop residual branches whose last BN falls under the
+    threshold. ``ignored_layers``: names (or modules) of BNs, convs or blocks whose channels stay.
+    ``layer_ratios``: ``{bn_name: ratio}``, that BN's layer pruned by its own ratio.
+    A plan that removes < 5 % of the MACs when ratio >= 0.1 was asked warns with the reason and the
+    option that would remove more. ``slimbench.analyze`` traces once for many plans.
     """
     return make_plan(model, example_inputs, method=method, ratio=ratio, **options)
 
 
-def _graph_for(model: nn.Module, p: PruningPlan) -> ChannelGraph:
-    if p._graph is not None and p._model_id == id(unwrap(model)):
-        return p._graph
-    shapes = [tuple(s) for s in p.input_shapes]
-    inputs = tuple(torch.zeros(s) for s in shapes)
-    return build_graph(model, inputs, residual=p.options.get("residual", "keep"))
+def _graph_for(model: nn.Module, p: PruningPlan, graph: ChannelGraph | None = None) -> ChannelGraph:
+    residual = p.options.get("residual", "keep")
+    if graph is not None:
+        if graph.options.get("residual", "keep") != residual:
+            raise ValueError(f"the plan was made with residual={residual!r}, the channel graph given was traced "
+                             f"with residual={graph.options.get('residual')!r}")
+        return graph
+    like = next((t for t in unwrap(model).parameters() if t.is_floating_point()), None)
+    kind = {} if like is None else {"dtype": like.dtype, "device": like.device}
+    inputs = tuple(torch.zeros(tuple(s), **kind) for s in p.input_shapes)
+    return build_graph(model, inputs, residual=residual)
 
 
 def _rule(module: nn.Module, name: str) -> ChannelRule:
@@ -91,7 +103,8 @@ def _as_graph_module(model: nn.Module, graph: ChannelGraph, branches: list[str])
 
 
 def prune(model: nn.Module, example_inputs: ExampleInputs | None = None, *, plan: PruningPlan | None = None,
-          remove_branches: bool = True, fold_beta: bool = False, **plan_options) -> nn.Module:
+          remove_branches: bool = True, fold_beta: bool = False, graph: ChannelGraph | None = None,
+          **plan_options) -> nn.Module:
     """A new, physically smaller model (the caller's model is not touched).
 
     Without ``plan``, one is made with ``slimbench.plan(model, example_inputs, **plan_options)``.
@@ -100,15 +113,20 @@ def prune(model: nn.Module, example_inputs: ExampleInputs | None = None, *, plan
     them, with zero weights, as netslim did) or when the forward branches on tensor shapes.
     ``fold_beta=True`` adds the constant that pruned channels emit in the trained model to the
     next layers' biases (see ``slimbench.folding``); the result then tracks the unpruned model
-    instead of the zeroed one.
+    instead of the zeroed one. ``graph``: this model's channel graph (``slimbench.analyze`` passes it)
+    so that pruning does not trace again.
     """
     if plan is None:
         if example_inputs is None:
             raise ValueError("prune needs example_inputs (a tensor or a shape like (3, 32, 32)) or a plan")
-        plan = make_plan(model, example_inputs, **plan_options)
+        example_inputs = as_example_inputs(example_inputs)
+        if graph is None:  # traced once, for the plan and the surgery
+            graph = build_graph(model, example_inputs, residual=plan_options.get("residual", "keep"),
+                                leaf_modules=plan_options.get("leaf_modules", ()))
+        plan = make_plan(model, example_inputs, graph=graph, **plan_options)
     elif plan_options:
         raise ValueError(f"options {sorted(plan_options)} are ignored when a plan is given; pass one or the other")
-    graph = _graph_for(model, plan)
+    graph = _graph_for(model, plan, graph)
     keep, removed = keep_from_plan(graph, plan)
     source = unwrap(model)
     pruned = copy.deepcopy(source)
@@ -149,9 +167,9 @@ def prune(model: nn.Module, example_inputs: ExampleInputs | None = None, *, plan
     return pruned
 
 
-def zero(model: nn.Module, plan: PruningPlan) -> nn.Module:
+def zero(model: nn.Module, plan: PruningPlan, *, graph: ChannelGraph | None = None) -> nn.Module:
     """A copy of ``model`` with every weight the surgery would remove set to 0 (shapes unchanged)."""
-    graph = _graph_for(model, plan)
+    graph = _graph_for(model, plan, graph)
     keep, removed = keep_from_plan(graph, plan)
     zeroed = copy.deepcopy(unwrap(model))
     modules = dict(zeroed.named_modules())
@@ -171,6 +189,11 @@ def zero(model: nn.Module, plan: PruningPlan) -> nn.Module:
 
 def zero_bn_channels(model: nn.Module, plan: PruningPlan) -> nn.Module:
     """The reference of the equivalence contract: a copy with gamma = beta = 0 where masks are False."""
+    modules = dict(unwrap(model).named_modules())
+    for name in plan.masks:
+        if not hasattr(modules.get(name), "weight") or getattr(modules[name], "bias", None) is None:
+            raise ValueError(f"the plan prunes BatchNorm {name!r}, which this model does not have (or it has "
+                             "no affine gamma/beta); was the plan made for another model?")
     zeroed = copy.deepcopy(unwrap(model))
     modules = dict(zeroed.named_modules())
     with torch.no_grad():

@@ -6,7 +6,15 @@ import torch
 import torchvision
 
 import slimbench
-from slimbench.pruning.criteria import global_threshold, network_slimming, optimal_thresholding, uniform
+from slimbench.pruning.criteria import (
+    CRITERIA,
+    METHODS,
+    global_threshold,
+    network_slimming,
+    optimal_thresholding,
+    register_criterion,
+    uniform,
+)
 
 from helpers import randomize_bn
 from nets import LoopOverChildren
@@ -76,3 +84,63 @@ def test_sparse_gamma_network_slimming_prunes_the_small_ones():
 def test_untrained_gamma_warns_that_the_ranking_is_arbitrary():
     with pytest.warns(UserWarning, match="same value"):
         slimbench.plan(LoopOverChildren(), (3, 16, 16), ratio=0.5)
+
+
+# -- the registry ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def registered():
+    """Criteria registered by a test are removed after it."""
+    before = dict(CRITERIA)
+    yield
+    for name in set(CRITERIA) - set(before):
+        del CRITERIA[name], METHODS[name]
+
+
+def keep_top(importance, candidates, layers, ratio=None, keep=None):
+    """Per layer: keep the ``keep`` most important candidates (ratio used when keep is None)."""
+    prune = np.zeros(len(importance), dtype=bool)
+    for layer in layers:
+        cand = layer[candidates[layer]]
+        n = keep if keep is not None else len(cand) - int(np.floor(ratio * len(cand)))
+        prune[cand[np.argsort(-importance[cand], kind="stable")[n:]]] = True
+    return prune
+
+
+def test_registered_criterion_with_its_own_option(registered):
+    register_criterion("keep_top", keep_top, sets_amount=("keep",))
+    assert "keep_top" in METHODS and CRITERIA["keep_top"].options == ("keep",)
+    model = randomize_bn(LoopOverChildren())
+    plan = slimbench.plan(model, (3, 16, 16), method="keep_top", keep=3)
+    assert [r["after"] for r in plan.summary()] == [3, 3, 3] and plan.options["keep"] == 3
+    assert plan.method == "keep_top"
+    by_ratio = slimbench.plan(model, (3, 16, 16), method="keep_top", ratio=0.5)
+    assert [r["after"] for r in by_ratio.summary()] == [4, 8, 4]
+    with pytest.raises(ValueError, match=r"keep=3 decides how much keep_top prunes"):
+        slimbench.plan(model, (3, 16, 16), method="keep_top", keep=3, ratio=0.5)
+    with pytest.raises(ValueError, match=r"criterion 'keep_top' has no option 'delta' \(its options: keep\)"):
+        slimbench.plan(model, (3, 16, 16), method="keep_top", delta=0.1)
+
+
+def test_registry_errors(registered):
+    register_criterion("keep_top", keep_top)
+    with pytest.raises(ValueError, match="already registered; pass replace=True"):
+        register_criterion("keep_top", keep_top)
+    register_criterion("keep_top", keep_top, replace=True)
+    with pytest.raises(ValueError, match="sets_amount names 'delta', which fn does not take"):
+        register_criterion("other", keep_top, sets_amount=("delta",))
+    with pytest.raises(ValueError, match=r"unknown method 'l1'; choose one of network_slimming.*keep_top"):
+        slimbench.plan(LoopOverChildren(), (3, 16, 16), method="l1")
+    with pytest.raises(ValueError, match=r"branches='remove' .* 'keep_top' does not have; use it with "
+                                         r"method='network_slimming'"):
+        slimbench.plan(LoopOverChildren(), (3, 16, 16), method="keep_top", branches="remove")
+
+
+def test_criterion_with_wrong_output_is_refused(registered):
+    register_criterion("broken", lambda importance, candidates, layers, ratio: np.zeros(3, bool))
+    with pytest.raises(ValueError, match=r"criterion 'broken' returned \(3,\), expected one bool per class"):
+        slimbench.plan(randomize_bn(LoopOverChildren()), (3, 16, 16), method="broken")
+
+
+def test_network_slimming_takes_no_options():
+    assert CRITERIA["network_slimming"].options == () and CRITERIA["optimal_thresholding"].options == ("delta",)

@@ -14,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-size", type=int, nargs="+", default=None, metavar="N",
                         help="input shape without batch, e.g. 3 224 224, or one side N (default: the model's own)")
     parser.add_argument("--dataset", default=None, help="data set the registry builds the model for")
-    parser.add_argument("--residual", choices=RESIDUAL_MODES, default="keep")
+    parser.add_argument("--residual", choices=RESIDUAL_MODES, default="keep",
+                        help="how channels coupled by a residual add are treated (as in `slimbench prune`)")
 
 
 def run(args: argparse.Namespace) -> int:

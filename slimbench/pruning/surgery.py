@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from slimbench.analysis.graph import ChannelGraph, ConvRecord, build_graph
+from slimbench.core.errors import check_keywords
 from slimbench.core.inputs import ExampleInputs, as_example_inputs, unwrap
 from slimbench.core.modules import MaskedBatchNorm
 from slimbench.pruning.plan import PruningPlan, keep_from_plan, make_plan
@@ -33,7 +34,23 @@ def plan(model: nn.Module, example_inputs: ExampleInputs, *, method: str = "netw
     ``select`` channels for BNs that read a residual sum or a concat (MaskedBatchNorm).
     ``branches="remove"``: drop residual branches whose last BN falls under the threshold.
     """
+    _check_plan_options("plan", options)
     return make_plan(model, example_inputs, method=method, ratio=ratio, **options)
+
+
+# names netslim / Torch-Pruning users reach for first
+_OPTION_ALIASES = {"prune_ratio": "ratio=", "pruning_ratio": "ratio=", "prune_method": "method=",
+                   "channel_select": "residual='select'", "input_shape": "example_inputs="}
+
+
+def _check_plan_options(where: str, options: dict) -> None:
+    """An unknown option names the one meant (``prune_ratio`` -> ``ratio``), not an internal function."""
+    import inspect
+
+    allowed = [p for p in inspect.signature(make_plan).parameters if p not in ("model", "example_inputs")]
+    if where == "prune":
+        allowed += ["plan", "remove_branches", "fold_beta", "example_inputs"]
+    check_keywords(f"slimbench.{where}", options, allowed, _OPTION_ALIASES)
 
 
 def _graph_for(model: nn.Module, p: PruningPlan) -> ChannelGraph:
@@ -144,6 +161,7 @@ def prune(model: nn.Module, example_inputs: ExampleInputs | None = None, *, plan
     next layers' biases (see ``slimbench.folding``); the result then tracks the unpruned model
     instead of the zeroed one.
     """
+    _check_plan_options("prune", plan_options)
     if plan is None:
         if example_inputs is None:
             raise ValueError("prune needs example_inputs (a tensor or a shape like (3, 32, 32)) or a plan")

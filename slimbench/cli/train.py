@@ -80,6 +80,7 @@ def prepare_output(args: argparse.Namespace) -> Path:
     from slimbench.core.errors import SlimbenchValueError
 
     out = Path(args.out.format(model=args.model, dataset=args.dataset))
+    check_destination(out, option="--output", create_parent=True)
     if args.resume and args.overwrite:
         raise SlimbenchValueError("--resume and --overwrite contradict each other; pass one")
     if args.resume and not out.is_file():
@@ -88,7 +89,6 @@ def prepare_output(args: argparse.Namespace) -> Path:
     if out.exists() and not args.resume and not args.overwrite:
         raise SlimbenchValueError(f"--output {out} already exists; pass --resume to continue it or --overwrite "
                                   "to start over (the file is left as it is)")
-    check_destination(out, option="--output", create_parent=True)
     return out
 
 

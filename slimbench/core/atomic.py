@@ -62,7 +62,8 @@ def _write_failed(path: str | Path, error: BaseException) -> SlimbenchRuntimeErr
     detail = error.strerror if isinstance(error, OSError) and error.strerror else \
         (str(error).splitlines() or [repr(error)])[0]
     if _no_space(error):
-        return SlimbenchRuntimeError(f"cannot write {path}: no space left on device ({detail}); free some space "
+        detail = "" if isinstance(error, OSError) else f" ({detail})"
+        return SlimbenchRuntimeError(f"cannot write {path}: no space left on device{detail}; free some space "
                                      "or write elsewhere")
     return SlimbenchRuntimeError(f"cannot write {path}: {type(error).__name__}: {error}")
 
@@ -154,6 +155,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    if not isinstance(text, str):
+        raise TypeError(f"atomic_write_text writes a str, got {type(text).__name__}")
     return atomic_write_bytes(path, text.encode())
 
 

@@ -10,6 +10,7 @@ import argparse
 
 import torch.distributed as dist
 
+from slimbench.cli._args import resolve_model_argument
 from slimbench.cli.train import (
     add_common_arguments,
     deterministic_mode,
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from slimbench.pruning.checkpoint import read_checkpoint
     from slimbench.training.loop import finetune
 
-    resolve_info(args.model, args.dataset)  # fails early on a bad name
+    resolve_info(resolve_model_argument(args, "finetune"), args.dataset)  # fails early on a bad name
     out = prepare_output(args)
     source = read_checkpoint(args.pruned)
     if "plan" not in source:

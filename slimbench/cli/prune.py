@@ -6,6 +6,7 @@ import argparse
 
 from tabulate import tabulate
 
+from slimbench.cli._args import add_model_argument, resolve_model_argument
 from slimbench.core.atomic import atomic_write_text, check_destination
 from slimbench.models.resolve import resolve_model
 from slimbench.pruning.checkpoint import save_pruned_model
@@ -16,7 +17,7 @@ from slimbench.pruning.surgery import prune
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="torchvision model name or a slimbench registry name")
+    add_model_argument(parser)
     parser.add_argument("--checkpoint", help="load these (unpruned, e.g. sparse-trained) weights first")
     parser.add_argument("--dataset", default=None)
     parser.add_argument("--input-size", type=int, nargs="+", default=None, metavar="N",
@@ -35,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    resolve_model_argument(args, "prune")
     for option, path in (("--output", args.output), ("--plan-json", args.plan_json)):
         if path is not None:
             check_destination(path, option=option)

@@ -19,12 +19,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from slimbench.cli._args import add_model_argument, resolve_model_argument
+
 # network slimming's s per family (REFERENCE.md): 1e-4 for VGG, 1e-5 for ResNet / DenseNet
 DEFAULT_SPARSITY = {"vgg": 1e-4, "resnet": 1e-5, "preresnet": 1e-5, "densenet": 1e-5}
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, default_out: str) -> None:
-    parser.add_argument("--model", required=True, help="registry name (see `slimbench models`)")
+    add_model_argument(parser, flag_first=True)
     parser.add_argument("--dataset", default="cifar10", help="cifar10, cifar100, digits or ilsvrc12")
     parser.add_argument("--data", default=None, metavar="DIR", help="data folder (not needed for digits)")
     parser.add_argument("--num-classes", type=int, default=None, help="default: the data set's")
@@ -142,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     from slimbench.models.resolve import resolve_info
     from slimbench.training.loop import train
 
-    info = resolve_info(args.model, args.dataset)  # fails early on a bad name
+    info = resolve_info(resolve_model_argument(args, "train"), args.dataset)  # fails early on a bad name
     out = prepare_output(args)
     distributed = init_distributed()
     try:

@@ -110,3 +110,13 @@ def test_report_results_survive_a_full_disk(tmp_path, monkeypatch, capsys):
     assert "no space left on device" in err and "the report's results were saved to" in err
     (saved,) = rescue.glob("slimbench-rescued-*")
     assert str(saved) in err and saved.read_text().startswith("model,method,ratio")
+
+
+def test_model_is_spelled_both_ways_in_every_single_model_command(capsys):
+    assert main(["explain", "--model", "resnet20"]) == 0
+    assert "prunable" in capsys.readouterr().out
+    assert command_parser("train").parse_args(["resnet20"]).model_positional == "resnet20"
+    assert main(["explain"]) == 2
+    assert "which model? slimbench explain MODEL (or --model MODEL)" in capsys.readouterr().err
+    assert main(["profile", "resnet20", "--model", "vgg11"]) == 2
+    assert "two models given" in capsys.readouterr().err

@@ -81,6 +81,18 @@ def prepare_output(args: argparse.Namespace) -> Path:
     from slimbench.core.atomic import check_destination
     from slimbench.core.errors import SlimbenchValueError
 
+    sparsity = getattr(args, "sparsity", None)
+    checks = [("--epochs", args.epochs, args.epochs >= 1, ">= 1"),
+              ("--batch-size", args.batch_size, args.batch_size >= 1, ">= 1"),
+              ("--lr", args.lr, args.lr > 0, "> 0"),
+              ("--steps-per-epoch", args.steps_per_epoch, args.steps_per_epoch is None or args.steps_per_epoch >= 1,
+               ">= 1"),
+              ("--sparsity", sparsity, sparsity is None or sparsity >= 0, ">= 0"),
+              ("--milestones", " ".join(map(str, args.milestones)), all(0 < m <= 1 for m in args.milestones),
+               "fractions of the epochs in (0, 1]")]
+    for flag, value, ok, rule in checks:
+        if not ok:
+            raise SlimbenchValueError(f"{flag} {value}: must be {rule}")
     out = Path(args.out.format(model=args.model, dataset=args.dataset))
     check_destination(out, option="--output", create_parent=True)
     if args.resume and args.overwrite:

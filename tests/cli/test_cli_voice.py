@@ -120,3 +120,16 @@ def test_model_is_spelled_both_ways_in_every_single_model_command(capsys):
     assert "which model? slimbench explain MODEL (or --model MODEL)" in capsys.readouterr().err
     assert main(["profile", "resnet20", "--model", "vgg11"]) == 2
     assert "two models given" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--epochs", "0"], "--epochs 0: must be >= 1"),
+    (["--lr", "-1"], "--lr -1.0: must be > 0"),
+    (["--milestones", "2"], "--milestones 2.0: must be fractions"),
+    (["--sparsity=-0.0001"], "--sparsity -0.0001: must be >= 0"),
+])
+def test_training_errors_name_flags_not_keywords(argv, message, tmp_path, capsys):
+    assert main(["train", "resnet20", "--dataset", "digits", "-o", str(tmp_path / "x.pt"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "=" not in err.split("error:")[1].split("must")[0]
+    assert list(tmp_path.iterdir()) == []

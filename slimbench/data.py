@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +20,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 from torchvision import transforms
 
+from slimbench.core.errors import SlimbenchValueError
+
 __all__ = ["DatasetSpec", "DATASET_SPECS", "CifarPickleDataset", "cifar_loaders", "imagefolder_loaders",
-           "digits_loaders", "digits_tensors", "get_loaders", "parse_data_option", "make_loader"]
+           "digits_loaders", "digits_tensors", "get_loaders", "parse_data_option", "make_loader",
+           "load_data_pickle", "UnsafePickleError", "check_images"]
 
 CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -113,10 +117,41 @@ class CifarPickleDataset(Dataset):
         return image, int(self.targets[i])
 
 
+# Everything the official CIFAR pickles (and numpy's own array pickles, any protocol) need; any
+# other global, e.g. os.system in a poisoned download, is refused before it can be called.
+_CIFAR_GLOBALS = frozenset({
+    *((f"numpy.{core}.multiarray", name) for core in ("core", "_core") for name in ("_reconstruct", "scalar")),
+    *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"), ("builtins", "bytearray"),
+})
+
+
+class UnsafePickleError(SlimbenchValueError, pickle.UnpicklingError):
+    """A data file asked to load a global that is not plain data: it is refused, never run."""
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    """An unpickler that builds numpy arrays and builtin containers, and nothing else."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise UnsafePickleError(f"refusing {module}.{name}: a CIFAR batch holds only numpy arrays, lists, "
+                                    "bytes and dicts")
+        return super().find_class(module, name)
+
+
+def load_data_pickle(path: str | os.PathLike):
+    """Read a pickle of plain data (numpy arrays, lists, dicts, bytes, numbers); code is never run."""
+    with open(path, "rb") as f:
+        return _DataOnlyUnpickler(f, encoding="bytes").load()
+
+
 def _read_cifar_pickle(path: Path, label_key: bytes, dataset: str) -> tuple[np.ndarray, np.ndarray]:
     try:
-        with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="bytes")
+        entry = load_data_pickle(path)
+    except UnsafePickleError as err:
+        raise UnsafePickleError(f"{dataset}: {path} is not a plain CIFAR batch, {err}; delete it and download the "
+                                "official python version again") from err
     except Exception as err:
         raise ValueError(f"{dataset}: {path} is not a readable CIFAR python pickle (truncated or corrupt?): "
                          f"{type(err).__name__}: {err}") from err
@@ -129,6 +164,11 @@ def _read_cifar_pickle(path: Path, label_key: bytes, dataset: str) -> tuple[np.n
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
         raise ValueError(f"{dataset}: {path} has data of shape {data.shape} and {len(labels)} labels; "
                          "expected (N, 3072) uint8 rows and N labels")
+    classes = DATASET_SPECS[dataset].num_classes
+    bad = np.flatnonzero((labels < 0) | (labels >= classes))
+    if bad.size:
+        raise SlimbenchValueError(f"{dataset}: {path} has {bad.size} label(s) outside 0..{classes - 1} "
+                                  f"(first: row {bad[0]}, label {labels[bad[0]]}); is it a {dataset} batch?")
     return data, labels
 
 
@@ -176,12 +216,35 @@ def imagefolder_loaders(root: str | os.PathLike, *, input_size: int = 224, batch
         except (FileNotFoundError, RuntimeError) as err:
             raise FileNotFoundError(f"ilsvrc12: {folder} holds no class folders with images ({err}); "
                                     f"expected {layout}") from err
+    for folder_set in sets:
+        check_images([p for p, _ in folder_set.samples])
     if sets[0].classes != sets[1].classes:
         raise ValueError(f"ilsvrc12: {root}/train and {root}/val have different class folders "
                          f"({len(sets[0].classes)} vs {len(sets[1].classes)})")
     return (make_loader(sets[0], batch_size=batch_size, shuffle=True, seed=seed, num_workers=num_workers,
                         distributed=distributed),
             make_loader(sets[1], batch_size=test_batch_size or batch_size, shuffle=False, num_workers=num_workers))
+
+
+CHECK_ALL_UP_TO = 50_000  # larger trees: a seeded sample of this many files is checked up front
+
+
+def check_images(paths: list[str], *, limit: int = CHECK_ALL_UP_TO) -> None:
+    """Fail before training if a file in an image tree is not an image (reads headers only).
+
+    Trees of up to ``limit`` files are checked whole; a larger one (ILSVRC12's 1.28 M) is checked on a
+    seeded sample of ``limit`` files, which opening each file's header keeps to seconds.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    chosen = paths if len(paths) <= limit else random.Random(0).sample(paths, limit)
+    for path in chosen:
+        try:
+            with Image.open(path) as image:
+                image.size  # noqa: B018 - the header is parsed lazily
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            raise SlimbenchValueError(f"ilsvrc12: {path} is not a readable image ({type(err).__name__}: {err}); "
+                                      "remove it or move it out of the class folders") from err
 
 
 # ---------------------------------------------------------------- digits (bundled, real)
@@ -227,6 +290,9 @@ def get_loaders(dataset: str, root: str | os.PathLike | None = None, *, batch_si
                 distributed: bool = False, test_batch_size: int | None = None) -> tuple[DataLoader, DataLoader]:
     """``(train_loader, test_loader)`` for ``dataset``; ``root`` is required except for digits."""
     spec = _spec(dataset)
+    if not spec.needs_root and root is not None:
+        raise SlimbenchValueError(f"{dataset} is bundled and reads no data folder, but one was given ({root}); "
+                                  "drop --data / root, or choose the data set the folder holds")
     if spec.needs_root and root is None:
         raise ValueError(f"{dataset} needs a data folder (root / --data {dataset}=DIR); expected {spec.layout}. "
                          "Use dataset 'digits' for bundled data that needs none")
@@ -243,6 +309,10 @@ def get_loaders(dataset: str, root: str | os.PathLike | None = None, *, batch_si
 
 def parse_data_option(text: str) -> tuple[str, str | None]:
     """``"cifar10=/data/cifar"`` -> ``("cifar10", "/data/cifar")``; ``"digits"`` -> ``("digits", None)``."""
-    name, _, root = text.partition("=")
+    name, sep, root = text.partition("=")
+    if not sep and name not in DATASET_SPECS and (os.sep in name or Path(name).exists()):
+        raise SlimbenchValueError(f"--data {text}: say which data set the folder holds, e.g. --data cifar10={text} "
+                                  f"(choose from {', '.join(k for k in DATASET_SPECS if k != 'digits')}; or "
+                                  "--data digits for the bundled data)")
     _spec(name)
     return name, (root or None)

@@ -167,3 +167,66 @@ def test_dispatch_errors_and_data_option():
     assert parse_data_option("digits") == ("digits", None)
     with pytest.raises(ValueError, match="unknown dataset"):
         parse_data_option("svhn=/x")
+
+
+# ---------------------------------------------------------------- untrusted files: parsed, never run
+
+class _Poison:
+    """Unpickling this calls open(marker, "w"): a real pickle that writes a file when loaded."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_poisoned_cifar_batch_is_refused_and_runs_nothing(cifar10_root, tmp_path):
+    root, _, _ = cifar10_root
+    marker = tmp_path / "pwned"
+    batch = root / "cifar-10-batches-py" / "data_batch_3"
+    entry = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1], b"x": _Poison(marker)}
+    batch.write_bytes(pickle.dumps(entry, protocol=2))
+    with open(tmp_path / "check", "wb") as f:  # the poison is real: plain pickle would run it
+        f.write(pickle.dumps(_Poison(tmp_path / "proof")))
+    pickle.loads((tmp_path / "check").read_bytes()).close()
+    assert (tmp_path / "proof").exists()
+    from slimbench.data import UnsafePickleError
+
+    with pytest.raises(UnsafePickleError, match=r"data_batch_3 is not a plain CIFAR batch.*refusing io\.open"):
+        get_loaders("cifar10", root)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_numpy_arrays_of_every_protocol_still_load(tmp_path, protocol):
+    from slimbench.data import load_data_pickle
+
+    data = {b"data": np.arange(3072 * 2, dtype=np.uint8).reshape(2, 3072), b"labels": [3, 4],
+            b"filenames": [b"a.png", b"b.png"], b"batch_label": b"training batch 1 of 5", b"n": np.int64(7)}
+    (tmp_path / "b").write_bytes(pickle.dumps(data, protocol=protocol))
+    back = load_data_pickle(tmp_path / "b")
+    assert np.array_equal(back[b"data"], data[b"data"]) and back[b"labels"] == [3, 4] and back[b"n"] == 7
+
+
+def test_labels_out_of_range_fail_before_training(cifar10_root):
+    root, _, _ = cifar10_root
+    entry = pickle.loads((root / "cifar-10-batches-py" / "data_batch_2").read_bytes())
+    entry[b"labels"][1] = 42
+    (root / "cifar-10-batches-py" / "data_batch_2").write_bytes(pickle.dumps(entry))
+    with pytest.raises(ValueError, match=r"data_batch_2 has 1 label\(s\) outside 0\.\.9 \(first: row 1, label 42\)"):
+        get_loaders("cifar10", root)
+
+
+def test_a_non_image_in_an_imagefolder_fails_up_front(tmp_path):
+    _write_imagefolder(tmp_path)
+    (tmp_path / "val" / "dog" / "notes.png").write_text("<html>not an image</html>")
+    with pytest.raises(ValueError, match=r"val/dog/notes\.png is not a readable image"):
+        imagefolder_loaders(tmp_path, input_size=32, batch_size=4)
+
+
+def test_data_options_that_would_be_ignored_or_misread(tmp_path):
+    with pytest.raises(ValueError, match="digits is bundled and reads no data folder"):
+        get_loaders("digits", tmp_path)
+    with pytest.raises(ValueError, match=r"--data .*: say which data set.*cifar10="):
+        parse_data_option(str(tmp_path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 from tabulate import tabulate
@@ -76,6 +77,10 @@ class Profile:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def __iter__(self) -> Iterator[int]:
+        """``macs, params = thop_ext.profile(model, inputs=(x,))`` unpacks as thop's result does."""
+        return iter((self.macs, self.params))
 
     def __str__(self) -> str:
         return self.summary()

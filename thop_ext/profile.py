@@ -164,7 +164,7 @@ class _Recorder:
 
 
 def profile(model: nn.Module, inputs: Inputs, *, skip_zero: bool = True,
-            forward_on_meta: bool | None = None) -> Profile:
+            forward_on_meta: bool | None = None, verbose: bool = False) -> Profile:
     """Count MACs, FLOPs and parameters of ``model`` on ``inputs`` (batch included).
 
     ``inputs``: a tensor, a tuple of tensors, or a shape such as ``(3, 224, 224)`` (batch 1, made
@@ -178,6 +178,9 @@ def profile(model: nn.Module, inputs: Inputs, *, skip_zero: bool = True,
     ``None`` (default): on meta tensors when the model is large enough for that to be faster
     (resnet18 at 224 and up), falling back to the real tensors if the forward needs values;
     ``True``: on meta, errors surface; ``False``: always the real forward.
+
+    Like thop's, ``macs, params = profile(model, inputs=(x,))`` unpacks the result; ``verbose=True``
+    prints the per-module table.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"thop_ext.profile: model must be an nn.Module, got {type(model).__name__}")
@@ -195,7 +198,10 @@ def profile(model: nn.Module, inputs: Inputs, *, skip_zero: bool = True,
             if forward_on_meta:
                 raise
             recorder = _count(model, model, args, static)  # the forward needs values: run it for real
-    return _build_profile(model, recorder, skip_zero, args)
+    result = _build_profile(model, recorder, skip_zero, args)
+    if verbose:
+        print(result.table())
+    return result
 
 
 # A meta pass costs about a millisecond per op whatever the sizes; a real one scales with the

@@ -1,7 +1,9 @@
 """The ``slimbench`` command: a table of subcommands, one module each under ``slimbench.cli``.
 
 A module registered here exposes ``add_arguments(parser)`` and ``run(args) -> int``; it is
-imported only when its subcommand runs, so ``slimbench --help`` stays fast.
+imported only when its subcommand runs, so ``slimbench --help`` stays fast (no torch).
+Every command speaks with one voice: expected errors end as ``slimbench CMD: error: ...`` on stderr
+with exit status 2 (``--debug`` shows the traceback); Ctrl-C and SIGTERM clean up and exit 130 / 143.
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from slimbench import __version__
+from slimbench.core.errors import SlimbenchError, Terminated, sigterm_raises
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("slimbench.cli.report", "prune models at several ratios; tabulate params, MACs, accuracy, latency"),
@@ -20,30 +25,73 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "explain": ("slimbench.cli.explain", "which BatchNorm channels can be pruned, and why not"),
 }
 
+# what bad input raises; anything else is a bug and keeps its traceback
+EXPECTED_ERRORS = (SlimbenchError, ValueError, TypeError, OSError)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except for options whose default is None or False (nothing to show)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or action.help is None or "%(default)" in action.help:
+            return action.help or ""
+        return super()._get_help_string(action)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimbench", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"slimbench {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of one subcommand (imports its module)."""
+    module_name, help_text = COMMANDS[name]
+    parser = argparse.ArgumentParser(prog=f"slimbench {name}", description=help_text,
+                                     formatter_class=HelpFormatter)
+    importlib.import_module(module_name).add_arguments(parser)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    return parser
+
+
+def run_guarded(prog: str, run, args: argparse.Namespace) -> int:
+    """Run ``run(args)`` with SIGTERM raised as an interrupt and expected errors as one line (exit 2)."""
+    try:
+        with sigterm_raises():
+            return int(run(args) or 0)
+    except KeyboardInterrupt as stop:
+        print(f"{prog}: {stop or 'interrupted'}; temporary files removed", file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
+    except EXPECTED_ERRORS as error:
+        if getattr(args, "debug", False):
+            raise
+        text = str(error) if not isinstance(error, OSError) or error.filename is None else \
+            f"{error.strerror or error}: {error.filename}"
+        print(f"{prog}: error: {text}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+    debug = bool(argv) and argv[0] == "--debug"
+    if debug:
+        argv = argv[1:]
+    if not argv or argv[0] not in COMMANDS:
         parser = build_parser()
-        if argv and argv[0] not in ("-h", "--help"):
+        if argv and not argv[0].startswith("-"):
             parser.error(f"unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}")
+        if argv:
+            parser.parse_args(argv)  # --help, --version, or an error
         parser.print_help()
         return 0 if argv else 2
     name = argv[0]
-    module_name, help_text = COMMANDS[name]
-    module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"slimbench {name}", description=help_text)
-    module.add_arguments(parser)
-    args = parser.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    args = command_parser(name).parse_args(argv[1:])
+    args.debug = args.debug or debug
+    return run_guarded(f"slimbench {name}", importlib.import_module(COMMANDS[name][0]).run, args)
 
 
 if __name__ == "__main__":

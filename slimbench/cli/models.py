@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from tabulate import tabulate
 
@@ -14,12 +15,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", choices=list(DATASETS), default=None,
                         help="only models for this data set (default: all)")
     parser.add_argument("--counts", action="store_true",
-                        help="also build each model and show params and MACs (slower)")
+                        help="also build each model and show params and MACs (slower; progress on stderr)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar with --counts")
 
 
 def run(args: argparse.Namespace) -> int:
     rows = []
-    for info in list_models(args.dataset):
+    infos = list_models(args.dataset)
+    if args.counts:
+        from tqdm import tqdm
+
+        infos = tqdm(infos, desc="building models", unit="model", file=sys.stderr, disable=args.no_progress)
+    for info in infos:
         row = {"name": info.name, "dataset": info.dataset, "family": info.family,
                "input": "x".join(map(str, info.input_shape)), "classes": info.num_classes}
         if args.counts:

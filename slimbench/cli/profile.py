@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from slimbench.cli._args import add_model_argument, resolve_model_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="a slimbench registry name (see `slimbench models`) or a torchvision name")
+    add_model_argument(parser)
     parser.add_argument("--dataset", default=None,
                         help="registry data set: cifar10 (default), cifar100, digits or ilsvrc12")
     parser.add_argument("--input-size", type=int, nargs="+", default=None, metavar="N",
@@ -21,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    resolve_model_argument(args, "profile")
     from slimbench.models.resolve import resolve_model
     from thop_ext import profile
 

@@ -6,10 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from slimbench.bench.formats import FORMATS, render, write_atomic
+from slimbench.bench.formats import FORMATS, render
 from slimbench.bench.latency import BACKENDS
 from slimbench.bench.report import ReportSettings, build_report
 from slimbench.bench.variants import METHODS
+from slimbench.core.atomic import check_destination, write_text_or_rescue
+from slimbench.core.errors import SlimbenchValueError
+from slimbench.data import parse_data_option
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,14 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_destination(option: str, path: str | None, suffix: str | None = None) -> None:
-    """Fail before the (minute-long) run, not after it."""
+    """Fail before the (minute-long) run, not after it: type, folder, writable, space."""
     if path is None:
         return
-    folder = Path(path).resolve().parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{option} {path}: folder {str(folder)!r} does not exist; create it first")
-    if suffix and Path(path).suffix.lower() != suffix:
-        raise ValueError(f"{option} {path}: expected a {suffix} file name")
+    check_destination(path, option=option)
+    special = path == "-" or (Path(path).exists() and not Path(path).is_file())  # stdout, a device, a FIFO
+    if suffix and not special and Path(path).suffix.lower() != suffix:
+        raise SlimbenchValueError(f"{option} {path}: expected a {suffix} file name")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,16 +62,13 @@ def run(args: argparse.Namespace) -> int:
         finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr, batch_size=args.batch_size,
         threads=args.threads, backends=args.backends, latency_time=args.latency_time, round_to=args.round_to,
         progress=not args.no_progress)
-    try:
-        _check_destination("--output", args.output)
-        _check_destination("--plot", args.plot, ".png")
-        report = build_report(settings)
-    except (ValueError, FileNotFoundError, KeyError) as error:
-        print(f"slimbench report: error: {error}", file=sys.stderr)
-        return 2
+    parse_data_option(args.data)  # `--data DIR` without name= gets a hint now, not after training
+    _check_destination("--output", args.output)
+    _check_destination("--plot", args.plot, ".png")
+    report = build_report(settings)
     text = render(report.rows, args.format, report.caption + f" (report took {report.seconds:.0f} s)")
-    if args.output:
-        write_atomic(args.output, text)
+    if args.output and args.output != "-":
+        write_text_or_rescue(args.output, text, what="report's results")
     else:
         sys.stdout.write(text)
     if args.plot:

@@ -69,15 +69,28 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return dict(data)
 
 
+def _strip_module_prefix(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """DataParallel / DDP save ``module.``-prefixed keys; the unwrapped model has none."""
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return dict(state)
+
+
 def _read(path_or_state_dict) -> dict:
+    """A checkpoint as ``{"state_dict": ..., (plan keys)}``; accepts what ``get_model`` accepts: a state
+    dict, ``{"state_dict": ...}`` or ``{"model": ...}`` wrappers, and DDP's ``module.`` prefix."""
     data = dict(path_or_state_dict) if isinstance(path_or_state_dict, Mapping) else read_checkpoint(path_or_state_dict)
-    if data.get("format") == FORMAT:
-        return data
-    if "state_dict" in data and isinstance(data["state_dict"], Mapping):
-        return {**data, "state_dict": data["state_dict"]}
-    if all(isinstance(v, Tensor) for v in data.values()):
-        return {"state_dict": data}
-    raise ValueError("checkpoint is neither a slimbench checkpoint nor a state dict of tensors")
+    for key in ("state_dict", "model"):
+        if isinstance(data.get(key), Mapping):
+            state = data[key]
+            break
+    else:
+        state = data
+    if not state or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError("checkpoint is neither a slimbench checkpoint nor a state dict of tensors (also looked "
+                         "in its 'state_dict' and 'model' entries)")
+    out = {k: v for k, v in data.items() if k not in ("state_dict", "model")} if state is not data else {}
+    return {**out, "state_dict": _strip_module_prefix(state)}
 
 
 def _plan_from_shapes(model: nn.Module, state: Mapping[str, Tensor], inputs) -> PruningPlan:
@@ -125,6 +138,8 @@ def load_pruned_model(model_or_builder: nn.Module | Callable[[], nn.Module],
     """Rebuild a pruned model from the unpruned architecture and a checkpoint.
 
     ``model_or_builder``: the unpruned model (not modified) or a function that builds one.
+    ``path_or_state_dict``: a file or a dict; wrappers ``{"state_dict": ...}`` / ``{"model": ...}`` and
+    DDP's ``module.`` key prefix are accepted, as ``get_model`` accepts them.
     A checkpoint with a plan is replayed exactly; a bare state dict needs ``example_inputs``
     (shape like (3, 32, 32)) and is rebuilt from its tensor shapes.
     """

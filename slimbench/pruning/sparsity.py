@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -49,18 +49,25 @@ def update_bn(model: nn.Module, s: float = 1e-4) -> int:
     return _add_l1_subgradient(batchnorms(model).values(), s)
 
 
-def update_bn_by_names(model: nn.Module, names: Iterable[str], s: float = 1e-4) -> int:
+def update_bn_by_names(model: nn.Module, names: Iterable[str] | Mapping[str, float], s: float | None = None) -> int:
     """Apply the L1 subgradient to the BNs named in ``names`` only.
 
-    Names are qualified module names of the unwrapped model; a ``module.`` prefix from a
-    DataParallel / DDP ``state_dict`` is accepted too.
+    ``names``: qualified module names of the unwrapped model (a ``module.`` prefix from a
+    DataParallel / DDP ``state_dict`` is accepted too), all with strength ``s`` (default 1e-4); or
+    netslim's form, a dict ``{name: s}`` with one strength per BN (then ``s`` must not be given).
     """
-    s = _check_s(s)
     if isinstance(names, str):
         raise TypeError("names must be a collection of module names, not a single string")
+    if isinstance(names, Mapping):
+        if s is not None:
+            raise TypeError("update_bn_by_names: pass either a dict {name: s} or names with one s, not both")
+        strengths = {name: _check_s(value) for name, value in names.items()}
+    else:
+        one = _check_s(1e-4 if s is None else s)
+        strengths = {name: one for name in names}
     available = batchnorms(model)
-    chosen = []
-    for name in names:
+    chosen: dict[float, list[nn.Module]] = {}
+    for name, strength in strengths.items():
         key = name[len("module."):] if name.startswith("module.") and name not in available else name
         if key not in available:
             hint = difflib.get_close_matches(key, list(available), n=3)
@@ -70,8 +77,8 @@ def update_bn_by_names(model: nn.Module, names: Iterable[str], s: float = 1e-4) 
                 + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else
                    "; use slimbench.prunable_bn_names(model, inputs) to list valid names")
             )
-        chosen.append(available[key])
-    return _add_l1_subgradient(chosen, s)
+        chosen.setdefault(strength, []).append(available[key])
+    return sum(_add_l1_subgradient(bns, strength) for strength, bns in chosen.items())
 
 
 _PRUNABLE_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[str, ...]] = weakref.WeakKeyDictionary()

@@ -101,6 +101,9 @@ def _checked_options(epochs, sparsity, sparsity_on, checkpoint, resume, overwrit
     path = Path(checkpoint) if checkpoint is not None else None
     if resume and path is None:
         raise ValueError("resume=True needs checkpoint=PATH")
+    if resume and not path.is_file():
+        raise FileNotFoundError(f"resume=True but there is no checkpoint at {path} to continue; pass resume=False "
+                                "to start a new run")
     if path is not None and path.exists() and not resume and not overwrite:
         raise FileExistsError(f"checkpoint {path} already exists; pass resume=True to continue it or "
                               "overwrite=True to start over (the file is left as it is)")
@@ -131,7 +134,10 @@ def train(model: nn.Module, train_loader: DataLoader, *, epochs: int, lr: float 
     prunable ones with ``sparsity_on="prunable"``, which needs ``example_inputs`` or infers them from
     the first batch). ``test_loader`` is evaluated after each epoch. ``checkpoint`` is written after
     every epoch (rank 0 only); ``resume=True`` continues from it. ``steps_per_epoch`` caps the batches
-    per epoch (smoke runs). ``checkpoint_extra`` entries are stored in every checkpoint.
+    per epoch (smoke runs). ``checkpoint_extra`` entries are stored in every checkpoint, with ``seed``.
+    The seed is applied here too, but a model built before the call was initialised with whatever
+    the global RNG held: seed first (``torch.manual_seed``), then build the model, as the CLI does.
+    An interrupt (Ctrl-C, or SIGTERM under the CLI) leaves the last whole checkpoint and no temporary.
     """
     path = _checked_options(epochs, sparsity, sparsity_on, checkpoint, resume, overwrite)
     torch.manual_seed(seed)
@@ -143,7 +149,7 @@ def train(model: nn.Module, train_loader: DataLoader, *, epochs: int, lr: float 
     optimizer = torch.optim.SGD(inner.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     drops = _milestone_epochs(milestones, epochs)
     start, history = 0, {"epochs": []}
-    if resume and path is not None and path.exists():
+    if resume and path is not None:
         start, history = _resume(path, inner, optimizer)
     history.setdefault("epochs", [])
     device = _device_of(inner)
@@ -192,7 +198,7 @@ def train(model: nn.Module, train_loader: DataLoader, *, epochs: int, lr: float 
         if path is not None and rank() == 0:
             atomic_save({"format": TRAIN_FORMAT, "state_dict": inner.state_dict(),
                          "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "history": history,
-                         "rng": torch.get_rng_state(), **(checkpoint_extra or {})}, path)
+                         "rng": torch.get_rng_state(), "seed": seed, **(checkpoint_extra or {})}, path)
     return history
 
 

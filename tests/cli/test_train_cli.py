@@ -39,18 +39,52 @@ def test_train_then_prune_then_finetune_cli(tmp_path, capsys):
     assert torch.load(tuned, weights_only=True)["epoch"] == 2
 
 
-def test_cli_bad_inputs_write_nothing(tmp_path):
+def test_cli_bad_inputs_write_nothing(tmp_path, capsys):
     out = tmp_path / "never.pt"
-    with pytest.raises(FileNotFoundError, match="cifar-10-batches-py"):
-        main(["train", "--model", "resnet20", "--dataset", "cifar10", "--data", str(tmp_path / "absent"),
-              "--out", str(out)])
-    with pytest.raises(ValueError, match="unknown model 'resnet21'"):
-        main(["train", "--model", "resnet21", *SMOKE, "--out", str(out)])
     plain = tmp_path / "plain.pt"
     torch.save(get_model("resnet20", "digits").state_dict(), plain)
-    with pytest.raises(SystemExit, match="no pruning plan"):
-        main(["finetune", "--model", "resnet20", "--pruned", str(plain), *SMOKE, "--out", str(out)])
+    cases = [
+        (["train", "--model", "resnet20", "--dataset", "cifar10", "--data", str(tmp_path / "absent"), "-o", str(out)],
+         "slimbench train: error: cifar10: data folder", "cifar-10-batches-py"),
+        (["train", "--model", "resnet21", *SMOKE, "--out", str(out)], "unknown model 'resnet21'", "resnet20"),
+        (["finetune", "--model", "resnet20", "--pruned", str(plain), *SMOKE, "--output", str(out)],
+         "slimbench finetune: error: --pruned", "no pruning plan"),
+        (["train", "--model", "resnet20", *SMOKE, "-o", str(out), "--resume"], "--resume: there is no checkpoint",
+         "drop --resume"),
+        (["train", "--model", "resnet20", *SMOKE, "--data", str(tmp_path)], "--data", "digits"),
+    ]
+    for argv, *messages in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert all(m in err for m in messages) and "Traceback" not in err, err
     assert not out.exists()
+
+
+def test_existing_output_names_the_flags(tmp_path, capsys):
+    out = tmp_path / "run.pt"
+    out.write_bytes(b"keep me")
+    assert main(["train", "--model", "resnet20", *SMOKE, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--output" in err and "--resume" in err and "--overwrite" in err and "resume=True" not in err
+    assert out.read_bytes() == b"keep me"
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(ValueError, match="unknown model"):
+        main(["--debug", "explain", "resnt56"])
+    with pytest.raises(ValueError, match="--resume"):
+        main(["train", "--model", "resnet20", *SMOKE, "-o", str(tmp_path / "x.pt"), "--resume", "--debug"])
+
+
+def test_seed_is_set_before_model_init_so_runs_repeat(tmp_path, capsys):
+    a, b, c = tmp_path / "a.pt", tmp_path / "b.pt", tmp_path / "c.pt"
+    for path, seed in ((a, "0"), (b, "0"), (c, "1")):
+        assert main(["train", "--model", "resnet20", *SMOKE, "--seed", seed, "--deterministic", "-o", str(path)]) == 0
+    first, second, other = (torch.load(p, weights_only=True) for p in (a, b, c))
+    assert first["seed"] == 0 and first["deterministic"] is True and other["seed"] == 1
+    for key, value in first["state_dict"].items():
+        assert torch.equal(value, second["state_dict"][key]), key
+    assert any(not torch.equal(v, other["state_dict"][k]) for k, v in first["state_dict"].items())
 
 
 def test_torchrun_two_ranks_on_cpu_end_identical(tmp_path):

@@ -132,3 +132,13 @@ def test_finetune_pruned_model_and_save_loadable_checkpoint(digits16, tmp_path):
     assert any(not torch.equal(before[k], v) for k, v in pruned.state_dict().items())
     reloaded = slimbench.load_pruned_model(get_model("resnet20", "digits"), ckpt).eval()
     assert evaluate(reloaded, test_loader) == evaluate(pruned, test_loader)
+
+
+def test_resume_without_a_checkpoint_is_an_error_and_the_seed_is_recorded(digits16, tmp_path):
+    train_loader, _ = digits16
+    model = get_model("resnet20", "digits")
+    with pytest.raises(FileNotFoundError, match="no checkpoint at .*absent.pt"):
+        train(model, train_loader, epochs=1, checkpoint=tmp_path / "absent.pt", resume=True, **FAST)
+    assert not (tmp_path / "absent.pt").exists()
+    train(model, train_loader, epochs=1, checkpoint=tmp_path / "run.pt", seed=7, **FAST)
+    assert torch.load(tmp_path / "run.pt", weights_only=True)["seed"] == 7

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["SlimbenchError", "SlimbenchValueError", "SlimbenchRuntimeError", "Terminated", "check_keywords",
+__all__ = ["SlimbenchError", "SlimbenchValueError", "SlimbenchRuntimeError", "Terminated",
            "sigterm_raises"]
 
 

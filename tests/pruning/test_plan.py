@@ -14,7 +14,7 @@ import slimbench
 from slimbench import PruningPlan
 
 from helpers import assert_equivalent, conv_linear_macs, randomize_bn
-from nets import LoopOverChildren
+from nets import LoopOverChildren, PostActResidual
 
 
 @pytest.fixture(scope="module")
@@ -278,3 +278,19 @@ def test_zero_channel_space_is_no_numpy_error():
         plan = slimbench.plan(model, (3, 8, 8), ratio=0.5)  # was: numpy's "argmax of an empty sequence"
     assert all(int(m.sum()) >= 1 for m in plan.masks.values()) and plan.pruned_channels > 0
     assert_equivalent(model, torch.randn(1, 3, 8, 8), plan)
+
+
+@pytest.mark.parametrize("ignored", [["block1.0.0"], ["block1"], ["block1.2"]])
+def test_ignored_layers_keep_a_dead_branch(ignored):
+    model = randomize_bn(PostActResidual(), seed=1)
+    with torch.no_grad():
+        model.block1[2].weight.mul_(1e-3)  # the branch's last BN is dead: branches="remove" drops it
+    assert slimbench.plan(model, (3, 8, 8), ratio=0.3, branches="remove").branches == ["block1.2"]
+    plan = slimbench.plan(model, (3, 8, 8), ratio=0.3, branches="remove", ignored_layers=ignored)
+    assert plan.branches == []
+    assert_equivalent(model, torch.randn(1, 3, 8, 8), plan)
+
+
+def test_netslim_keyword_through_prune_says_what_was_meant(resnet):
+    with pytest.raises(TypeError, match=r"unknown plan option 'prune_ratio'.*did you mean ratio\?"):
+        slimbench.prune(resnet, (3, 32, 32), prune_ratio=0.3)

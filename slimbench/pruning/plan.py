@@ -144,6 +144,8 @@ def plan_on_graph(model: nn.Module, inputs: tuple[Tensor, ...], graph: ChannelGr
         pool[layer] = False
     criterion, base = opts.criterion, graph.macs()
     ignored_bns = {n for n, rec in graph.bns.items() if ignored[graph.class_of[rec.gids]].any()}
+    kept_branches = {b.bn for b in graph.branches if b.bn in ignored_bns or any(
+        m == n or m.startswith(n + ".") or not n for m in b.modules for n in opts.ignored_layers)}
 
     def decide(r: float | None):
         prune = np.asarray(criterion.fn(importance, pool, layers, ratio=r, **opts.criterion_options), dtype=bool)
@@ -159,7 +161,7 @@ def plan_on_graph(model: nn.Module, inputs: tuple[Tensor, ...], graph: ChannelGr
         if opts.branches == "remove":
             threshold = criterion.threshold(importance, candidates, r)
             names = [b.bn for b in graph.branches
-                     if b.bn not in ignored_bns and bool((scores[b.bn] <= threshold).all())]
+                     if b.bn not in kept_branches and bool((scores[b.bn] <= threshold).all())]
         removed_modules, removed_spaces = removed_by(graph, names)
         prune = enforce(graph, prune, importance, candidates, opts.round_to, removed_spaces)
         return prune, names, removed_modules

@@ -121,7 +121,8 @@ def enforce(graph: ChannelGraph, prune: np.ndarray, importance: np.ndarray, cand
             prune[dropped] = True
     keep_gid = ~prune[graph.class_of]
     kept_per_space = np.bincount(graph.space_of, weights=keep_gid, minlength=len(graph.spaces))
-    for space in np.flatnonzero(kept_per_space == 0):
+    size = np.bincount(graph.space_of, minlength=len(graph.spaces))
+    for space in np.flatnonzero((kept_per_space == 0) & (size > 0)):  # a 0-channel space has nothing to keep
         if space in removed_spaces:
             continue
         classes = np.unique(graph.class_of[graph.space_of == space])

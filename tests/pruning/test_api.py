@@ -106,3 +106,15 @@ def test_analysis_errors(resnet):
         g.plan(leaf_modules=("layer1",))
     with pytest.raises(ValueError, match="residual must be one of"):
         slimbench.analyze(resnet, (3, 32, 32), residual="both")
+
+
+def test_analysis_never_touches_the_model():
+    model = randomize_bn(torchvision.models.resnet18()).train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    names = [n for n, _ in model.named_modules()]
+    g = slimbench.analyze(model, (3, 32, 32))
+    plan = g.plan(ratio=0.5, branches="remove")
+    g.prune(plan), g.zero(plan), g.zero_bn_channels(plan), g.explain()
+    assert model.training and all(m.training for m in model.modules())
+    assert [n for n, _ in model.named_modules()] == names
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())

@@ -14,7 +14,7 @@ import slimbench
 from slimbench import PruningPlan
 
 from helpers import assert_equivalent, conv_linear_macs, randomize_bn
-from nets import LoopOverChildren
+from nets import LoopOverChildren, PostActResidual
 
 
 @pytest.fixture(scope="module")
@@ -257,3 +257,40 @@ def test_layer_ratios_override_one_layer(resnet):
 def test_bad_layer_ratios(resnet, ratios, message):
     with pytest.raises(ValueError, match=message):
         slimbench.plan(resnet, (3, 32, 32), layer_ratios=ratios)
+
+
+class WithEmptyLinear(nn.Module):
+    """A linear with 0 outputs concatenated to a normal branch (left by an earlier pruning, say)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.empty = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Linear(3, 0)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc(torch.cat([self.bn(self.conv(x)).mean((2, 3)), self.empty(x.mean((2, 3)))], 1))
+
+
+def test_zero_channel_space_is_no_numpy_error():
+    model = randomize_bn(WithEmptyLinear())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = slimbench.plan(model, (3, 8, 8), ratio=0.5)  # was: numpy's "argmax of an empty sequence"
+    assert all(int(m.sum()) >= 1 for m in plan.masks.values()) and plan.pruned_channels > 0
+    assert_equivalent(model, torch.randn(1, 3, 8, 8), plan)
+
+
+@pytest.mark.parametrize("ignored", [["block1.0.0"], ["block1"], ["block1.2"]])
+def test_ignored_layers_keep_a_dead_branch(ignored):
+    model = randomize_bn(PostActResidual(), seed=1)
+    with torch.no_grad():
+        model.block1[2].weight.mul_(1e-3)  # the branch's last BN is dead: branches="remove" drops it
+    assert slimbench.plan(model, (3, 8, 8), ratio=0.3, branches="remove").branches == ["block1.2"]
+    plan = slimbench.plan(model, (3, 8, 8), ratio=0.3, branches="remove", ignored_layers=ignored)
+    assert plan.branches == []
+    assert_equivalent(model, torch.randn(1, 3, 8, 8), plan)
+
+
+def test_netslim_keyword_through_prune_says_what_was_meant(resnet):
+    with pytest.raises(TypeError, match=r"unknown plan option 'prune_ratio'.*did you mean ratio\?"):
+        slimbench.prune(resnet, (3, 32, 32), prune_ratio=0.3)

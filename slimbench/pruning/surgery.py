@@ -133,7 +133,8 @@ def _as_graph_module(model: nn.Module, graph: ChannelGraph, branches: list[str])
 
 
 def prune(model: nn.Module, example_inputs: ExampleInputs | None = None, *, plan: PruningPlan | None = None,
-          remove_branches: bool = True, fold_beta: bool = False, **plan_options) -> nn.Module:
+          remove_branches: bool = True, fold_beta: bool = False, verify: bool = True,
+          **plan_options) -> nn.Module:
     """A new, physically smaller model (the caller's model is not touched).
 
     Without ``plan``, one is made with ``slimbench.plan(model, example_inputs, **plan_options)``.
@@ -143,6 +144,9 @@ def prune(model: nn.Module, example_inputs: ExampleInputs | None = None, *, plan
     ``fold_beta=True`` adds the constant that pruned channels emit in the trained model to the
     next layers' biases (see ``slimbench.folding``); the result then tracks the unpruned model
     instead of the zeroed one.
+    ``verify=True`` (the default) runs the result and the zeroed model on the example inputs and
+    keeps whole the channel groups whose removal changes the outputs (``slimbench.pruning.verify``);
+    ``result.slimbench_plan`` is the plan the result was built from, with that record.
     """
     if plan is None:
         if example_inputs is None:
@@ -185,10 +189,31 @@ def prune(model: nn.Module, example_inputs: ExampleInputs | None = None, *, plan
                   else tuple(torch.zeros(s) for s in plan.input_shapes))
         fold(source, pruned, graph, keep, plan, inputs, removed if remove_branches else frozenset())
     if removed and remove_branches:
-        return _as_graph_module(pruned, graph, plan.branches)
-    if graph.shape_specialised:
-        return _as_graph_module(pruned, graph, [])
-    return pruned
+        result = _as_graph_module(pruned, graph, plan.branches)
+    elif graph.shape_specialised:
+        result = _as_graph_module(pruned, graph, [])
+    else:
+        result = pruned
+    if not verify:
+        return result
+    from slimbench.pruning.verify import verify_pruned
+
+    def build(p: PruningPlan, fold: bool) -> nn.Module:
+        return prune(model, example_inputs, plan=p, remove_branches=remove_branches, fold_beta=fold, verify=False)
+
+    return verify_pruned(plan, result, graph, _check_inputs(example_inputs, plan, source), build,
+                         lambda p: zero_bn_channels(model, p), checkable=not fold_beta, fold_beta=fold_beta)
+
+
+def _check_inputs(example_inputs: ExampleInputs | None, p: PruningPlan, source: nn.Module) -> tuple[Tensor, ...]:
+    """The inputs the self-check runs: the caller's, else seeded random ones of the plan's shapes."""
+    like = next((t for t in [*source.parameters(), *source.buffers()] if t.is_floating_point()), None)
+    if example_inputs is not None:
+        return as_example_inputs(example_inputs, like=like)
+    gen = torch.Generator().manual_seed(0)
+    return tuple(torch.randn(tuple(s), generator=gen).to(device=like.device if like is not None else "cpu",
+                                                         dtype=like.dtype if like is not None else None)
+                 for s in p.input_shapes)
 
 
 def zero(model: nn.Module, plan: PruningPlan) -> nn.Module:

@@ -129,6 +129,9 @@ def _as_graph_module(model: nn.Module, graph: ChannelGraph, branches: list[str])
             if getattr(module, "inplace", False) is True:
                 module.inplace = False
     g.lint()
+    for node in g.nodes:  # constants fx made while tracing live on the traced copy, not on the model
+        if node.op == "get_attr" and "." not in node.target and not hasattr(model, node.target):
+            setattr(model, node.target, copy.deepcopy(getattr(graph.gm, node.target)))
     return fx.GraphModule(model, g, class_name=type(model).__name__)
 
 

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import copy
 import inspect
+import operator
 import warnings
 from collections.abc import Iterable
 
+import torch
 from torch import Tensor, fx, nn
 from torch.fx.experimental.meta_tracer import MetaTracer, proxys_to_metas
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -173,6 +175,46 @@ def _attempt(tracer_cls, model: nn.Module, leaves: list[str], inputs, guard: boo
             m.training = training
 
 
+def _batch_size_of(node, tensor: fx.Node) -> bool:
+    """``node`` is ``tensor.size(0)``, ``tensor.shape[0]`` or ``tensor.size()[0]``."""
+    if not isinstance(node, fx.Node):
+        return False
+    if node.op == "call_method" and node.target == "size":
+        return node.args[0] is tensor and (node.args[1:] == (0,) or node.kwargs == {"dim": 0})
+    if node.op == "call_function" and node.target is operator.getitem and node.args[1] == 0:
+        src = node.args[0]
+        return isinstance(src, fx.Node) and src.args[0] is tensor and (
+            (src.op == "call_function" and src.target is getattr and src.args[1] == "shape")
+            or (src.op == "call_method" and src.target == "size" and len(src.args) == 1))
+    return False
+
+
+def _canonical_flattens(graph: fx.Graph) -> None:
+    """``x.view(x.size(0), -1)`` (or reshape, or ``x.shape[0]``) becomes ``torch.flatten(x, 1)``.
+
+    The same tensor, said the way the channel graph maps exactly (a classifier's in-features are
+    the channels repeated over the spatial size), whichever way the model's author wrote it.
+    """
+    for node in list(graph.nodes):
+        if node.op != "call_method" or node.target not in ("view", "reshape") or node.kwargs:
+            continue
+        args = node.args[1:]
+        if len(args) == 1 and isinstance(args[0], (tuple, list)):
+            args = tuple(args[0])
+        if len(args) != 2 or args[1] != -1 or not _batch_size_of(args[0], node.args[0]):
+            continue
+        with graph.inserting_before(node):
+            flat = graph.call_function(torch.flatten, (node.args[0], 1))
+        flat.meta = dict(node.meta)
+        node.replace_all_uses_with(flat)
+        graph.erase_node(node)
+        size = args[0]
+        while isinstance(size, fx.Node) and not size.users and size.op != "placeholder":
+            parent = size.args[0] if size.op == "call_function" and size.target is operator.getitem else None
+            graph.erase_node(size)
+            size = parent
+
+
 def _failure(model: nn.Module, tracer, err: BaseException) -> TraceFailure:
     cause_name, cause = tracer.causes[0] if tracer.causes else ("", err)
     where = f"submodule {cause_name!r} ({type(model.get_submodule(cause_name)).__name__})" if cause_name else \
@@ -212,6 +254,7 @@ def trace(model: nn.Module, leaf_modules: Iterable[str] = (),
             if plain[1] is not None:
                 root, graph, _, _ = plain
                 shaped = False
+    _canonical_flattens(graph)
     fallbacks = list(tracer.fallbacks)
     if fallbacks:
         warnings.warn(

@@ -197,15 +197,22 @@ def prune(model: nn.Module, example_inputs: ExampleInputs | None = None, *, plan
         result = _as_graph_module(pruned, graph, [])
     else:
         result = pruned
-    if not verify:
-        return result
-    from slimbench.pruning.verify import verify_pruned
+    from slimbench.pruning.verify import attach_plan, verify_pruned
 
     def build(p: PruningPlan, fold: bool) -> nn.Module:
         return prune(model, example_inputs, plan=p, remove_branches=remove_branches, fold_beta=fold, verify=False)
 
-    return verify_pruned(plan, result, graph, _check_inputs(example_inputs, plan, source), build,
-                         lambda p: zero_bn_channels(model, p), checkable=not fold_beta, fold_beta=fold_beta)
+    if verify:
+        result = verify_pruned(plan, result, graph, _check_inputs(example_inputs, plan, source), build,
+                               lambda p: zero_bn_channels(model, p), checkable=not fold_beta, fold_beta=fold_beta)
+    else:
+        attach_plan(result, plan)
+    earlier = getattr(source, "slimbench_plan", None)  # a pruned model pruned again: one plan against the original
+    if isinstance(earlier, PruningPlan):
+        from slimbench.pruning.passes import compose
+
+        result.slimbench_plan = compose(earlier, result.slimbench_plan)
+    return result
 
 
 def _check_inputs(example_inputs: ExampleInputs | None, p: PruningPlan, source: nn.Module) -> tuple[Tensor, ...]:

@@ -31,7 +31,7 @@ from slimbench.analysis.graph import ChannelGraph
 from slimbench.core.errors import SlimbenchRuntimeError
 from slimbench.pruning.plan import PruningPlan, keep_from_plan
 
-__all__ = ["verify_pruned", "check", "FLOAT64_MAX_MACS", "FLOAT32_RTOL", "FLOAT64_RTOL"]
+__all__ = ["verify_pruned", "check", "attach_plan", "FLOAT64_MAX_MACS", "FLOAT32_RTOL", "FLOAT64_RTOL"]
 
 FLOAT32_RTOL = 1e-4  # the equivalence contract's tolerance, relative to max |output|
 FLOAT64_RTOL = 1e-9
@@ -209,7 +209,7 @@ def verify_pruned(plan: PruningPlan, result: nn.Module, graph: ChannelGraph, inp
     record = {"checked": first.dtype or ("float64" if double else "float32"), "max_rel_err": first.error,
               "frozen": []}
     if first.ok:
-        return _attach(result, plan, record)
+        return attach_plan(result, plan, record)
     keep, removed = keep_from_plan(graph, plan)
     active = _groups(graph, keep, removed, plan)
     frozen: list[tuple] = []
@@ -249,11 +249,13 @@ def verify_pruned(plan: PruningPlan, result: nn.Module, graph: ChannelGraph, inp
         + (f" and {len(frozen) - 3} more groups" if len(frozen) > 3 else "")
         + ": pruning them changes the outputs. pruned.slimbench_plan is the plan the model was built from",
         stacklevel=3)
-    return _attach(build(final, True) if fold_beta else candidate, final, record)
+    return attach_plan(build(final, True) if fold_beta else candidate, final, record)
 
 
-def _attach(model: nn.Module, plan: PruningPlan, record: dict) -> nn.Module:
-    clean = dataclasses.replace(plan, options={**plan.options, "verification": record})
+def attach_plan(model: nn.Module, plan: PruningPlan, record: dict | None = None) -> nn.Module:
+    """Set ``model.slimbench_plan``: a copy of ``plan`` (with the verification ``record``)."""
+    options = {**plan.options, "verification": record} if record is not None else dict(plan.options)
+    clean = dataclasses.replace(plan, options=options)
     clean._graph, clean._model_id = None, None
     model.slimbench_plan = clean
     return model

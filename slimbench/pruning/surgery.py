@@ -268,7 +268,15 @@ def zero_bn_channels(model: nn.Module, plan: PruningPlan) -> nn.Module:
     modules = dict(zeroed.named_modules())
     with torch.no_grad():
         for name, mask in plan.masks.items():
-            bn = modules[name]
+            bn = modules.get(name)
+            if bn is None or getattr(bn, "weight", None) is None or bn.weight.shape != (len(mask),):
+                from slimbench.core.errors import SlimbenchValueError
+
+                found = "no such module" if bn is None else f"a {type(bn).__name__} of shape " + (
+                    f"{tuple(bn.weight.shape)}" if getattr(bn, "weight", None) is not None else "(no affine weight)")
+                raise SlimbenchValueError(
+                    f"zero_bn_channels: the plan masks {len(mask)} channels of BatchNorm {name!r}, but the model "
+                    f"has {found} there (was the plan made for another model, or for the pruned one?)")
             drop = torch.as_tensor(~np.asarray(mask, dtype=bool)).to(bn.weight.device)
             bn.weight[drop] = 0
             bn.bias[drop] = 0

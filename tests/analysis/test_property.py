@@ -1,5 +1,6 @@
 """Property test: on random CNN DAGs, pruning is exact and the MACs prediction is what torch counts."""
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -130,3 +131,34 @@ def test_public_calls_never_mutate_the_callers_model(net, seed, residual, modes,
     profile(model, (3, 5, 5), skip_zero=False)
     assert_unchanged(before, model, "thop_ext.profile")
     assert rows
+
+
+def test_failing_public_calls_leave_the_model_unchanged(tmp_path):
+    """The failure paths: refused prune, another model's plan, a checkpoint of another model, bad inputs."""
+    from slimbench.core.errors import SlimbenchError
+    from thop_ext import profile
+
+    from user_nets import DivByChannels, SlimVGG
+
+    x = torch.randn(2, 3, 8, 8)
+    broken = randomize_bn(DivByChannels(only_broken=True), seed=1).train()
+    broken.bn.eval()
+    broken.c1.register_forward_pre_hook(lambda m, i: None)
+    before = snapshot(broken)
+    with pytest.raises(SlimbenchError, match="nothing of this plan can be kept"):
+        slimbench.prune(broken, x, ratio=0.5)
+    assert_unchanged(before, broken, "prune (refused)")
+    vgg = randomize_bn(SlimVGG(), seed=1)
+    vgg_plan = slimbench.plan(vgg, x, ratio=0.5)
+    with pytest.raises(ValueError, match="feature.1"):
+        slimbench.zero_bn_channels(broken, vgg_plan)
+    with pytest.raises(ValueError):
+        slimbench.zero(broken, vgg_plan)
+    with pytest.raises(ValueError):
+        slimbench.prune(broken, plan=vgg_plan)
+    path = slimbench.save_pruned_model(slimbench.prune(vgg, plan=vgg_plan), tmp_path / "vgg.pt")
+    with pytest.raises(ValueError):
+        slimbench.load_pruned_model(broken, path)
+    with pytest.raises(Exception):  # noqa: B017 - whatever the error, the model must come back unchanged
+        profile(broken, (3, 5))
+    assert_unchanged(before, broken, "failing zero / zero_bn_channels / prune / load / profile")

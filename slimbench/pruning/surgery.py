@@ -8,6 +8,7 @@ pruned channel; ``zero(model, p)`` gives them too, with every removed weight set
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import torch
@@ -203,6 +204,9 @@ def prune(model: nn.Module, example_inputs: ExampleInputs | None = None, *, plan
         return prune(model, example_inputs, plan=p, remove_branches=remove_branches, fold_beta=fold, verify=False)
 
     if verify:
+        if plan._graph is not graph:  # a copy that carries the graph, so the retries need no tracing
+            plan = dataclasses.replace(plan)
+            plan._graph, plan._model_id = graph, id(source)
         result = verify_pruned(plan, result, graph, _check_inputs(example_inputs, plan, source), build,
                                lambda p: zero_bn_channels(model, p), checkable=not fold_beta, fold_beta=fold_beta)
     else:

@@ -102,9 +102,11 @@ def check(pruned: nn.Module, reference: Callable[[], nn.Module], inputs: tuple[T
     try:
         got = _run(pruned, run_inputs)
     except Exception as err:
-        return Check(False, math.inf, f"the pruned model fails to run ({_short(err)})", str(dtype))
-    finally:
         _restore(saved)
+        if double:  # a float32 constant or op in the pruned graph may refuse float64: retry in its dtype
+            return check(pruned, reference, inputs, double=False)
+        return Check(False, math.inf, f"the pruned model fails to run ({_short(err)})", str(dtype))
+    _restore(saved)
     dtype_name = "float64" if double else str(expected[0].dtype).replace("torch.", "") if expected else "float32"
     if len(got) != len(expected) or any(a.shape != b.shape for a, b in zip(got, expected, strict=True)):
         return Check(False, math.inf, "the pruned model's outputs have other shapes than the zeroed model's "
@@ -180,6 +182,7 @@ def _plan_without(plan: PruningPlan, graph: ChannelGraph, keep: np.ndarray, froz
     layers = [{**row, "after": int(masks[row["bn"]].sum()) if row.get("bn") in masks else row.get("before")}
               for row in plan.layers]
     new = dataclasses.replace(plan, masks=masks, branches=branches, layers=layers, options=dict(plan.options))
+    new._graph, new._model_id = plan._graph, plan._model_id  # surgery reuses the graph, no re-tracing
     keep_new, removed_new = keep_from_plan(graph, new)
     new.macs_after = graph.macs(keep_new, removed_new)
     return new

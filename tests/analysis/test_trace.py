@@ -151,3 +151,23 @@ def test_torch_compiled_model_is_unwrapped():
     pruned = slimbench.prune(compiled, X, plan=plan)
     assert type(pruned) is SlimVGG
     assert_equivalent(model, X, plan, pruned)
+
+
+class BatchFlattens(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.fc1, self.fc2 = cbr(3, 4), nn.Linear(4 * 64, 2), nn.Linear(4 * 64, 2)
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.fc1(y.view(y.size(0), -1)) + self.fc2(y.reshape(y.shape[0], -1))
+
+
+def test_batch_flattens_are_traced_as_flatten():
+    model = randomize_bn(BatchFlattens(), seed=5)
+    gm, _ = trace(model, inputs=(X,))
+    assert gm.code.count("torch.flatten") == 2 and ".view(" not in gm.code and "size" not in gm.code
+    with torch.no_grad():
+        assert torch.equal(gm(X), model(X))
+    plan = slimbench.plan(model, X, ratio=0.5)
+    assert_equivalent(model, X, plan, slimbench.prune(model, X, plan=plan))

@@ -154,7 +154,10 @@ class _ShapeTracer(_LeafRules, MetaTracer):
 
 def _detached_root(model: nn.Module) -> nn.Module:
     """A shallow copy of ``model`` with its own attribute tables: what fx adds to the root lands here."""
-    root = copy.copy(model)
+    try:
+        root = copy.copy(model)
+    except Exception:  # a class that cannot be copied: trace the model itself (fx may then add constants)
+        return model
     root._modules = dict(model._modules)
     root._parameters = dict(model._parameters)
     root._buffers = dict(model._buffers)

@@ -11,9 +11,16 @@ from slimbench.core.inputs import ExampleInputs
 __all__ = ["explain", "format_explanation", "prunable_bn_names"]
 
 
-def explain(model: nn.Module, example_inputs: ExampleInputs, *, residual: str = "keep") -> list[dict]:
-    """One row per BatchNorm: can its channels be pruned, and if not, why."""
+def explain(model: nn.Module, example_inputs: ExampleInputs, *, residual: str = "keep",
+            plan=None) -> list[dict]:
+    """One row per BatchNorm: can its channels be pruned, and if not, why.
+
+    ``plan``: a plan that ``prune`` verified (``pruned.slimbench_plan``); BNs whose channels the
+    self-check had to keep are then shown as "frozen by verification", with the reason.
+    """
     graph = build_graph(model, example_inputs, residual=residual)
+    frozen = {bn: f["reason"] for f in (plan.options.get("verification") or {}).get("frozen", [])
+              for bn in f["bns"]} if plan is not None else {}
     rows = []
     for name, rec in graph.bns.items():
         classes = np.unique(graph.class_of[rec.gids])
@@ -28,6 +35,8 @@ def explain(model: nn.Module, example_inputs: ExampleInputs, *, residual: str = 
             status = "prunable" if why is None else "not prunable"
         if rec.selector:
             status = "prunable (channel selection)"
+        if name in frozen:
+            status, why = "frozen by verification", f"pruning it changed the outputs: {frozen[name]}"
         rows.append({"bn": name, "channels": len(rec.gids), "status": status,
                      "coupled_with": ", ".join(coupled[:4]) + (" ..." if len(coupled) > 4 else ""),
                      "reason": why or ""})

@@ -37,7 +37,11 @@ def as_example_inputs(example_inputs: ExampleInputs, *, like: Tensor | None = No
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DataParallel / DistributedDataParallel wrappers (or the model itself)."""
-    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        model = model.module
-    return model
+    """The model inside DataParallel / DistributedDataParallel / ``torch.compile`` wrappers (or the model itself)."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod  # torch.compile's wrapper; checked by name so torch._dynamo is not imported
+        else:
+            return model

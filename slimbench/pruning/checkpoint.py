@@ -9,6 +9,7 @@ from the shapes in the state dict (netslim's way).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -37,8 +38,21 @@ def atomic_save(obj, path: str | os.PathLike) -> Path:
 
 
 def save_pruned_model(model: nn.Module, path: str | os.PathLike, *, plan: PruningPlan | None = None) -> Path:
-    """Write ``model``'s state dict (and the plan that made it, if given) atomically."""
+    """Write ``model``'s state dict and the plan that made it atomically.
+
+    A model returned by ``prune`` carries that plan (``model.slimbench_plan``: after verification,
+    and composed over several pruning passes, so always against the original architecture); it is
+    saved in preference to ``plan``, which may be the plan of the last pass only.
+    """
     inner = unwrap(model)
+    carried = getattr(inner, "slimbench_plan", None)
+    if isinstance(carried, PruningPlan) and (plan is None or isinstance(plan, PruningPlan)):
+        if plan is not None and plan.to_dict()["masks"] != carried.to_dict()["masks"] and \
+                carried.options.get("passes", 1) == 1:
+            warnings.warn("save_pruned_model: plan= differs from the plan the model was built from "
+                          "(model.slimbench_plan: prune's verification kept some channels); saving the latter",
+                          stacklevel=2)
+        plan = carried
     payload = {"format": FORMAT, "state_dict": inner.state_dict()}
     if plan is not None:
         payload["plan"] = plan.to_json()
@@ -93,27 +107,69 @@ def _read(path_or_state_dict) -> dict:
     return {**out, "state_dict": _strip_module_prefix(state)}
 
 
+def _kept_count(owner: str, kind: str, size: int, modules: dict, state: Mapping[str, Tensor]) -> int:
+    if kind not in ("conv", "linear"):
+        return size
+    key = f"{owner}.weight"
+    if key not in state:
+        raise ValueError(f"state dict has no entry {key!r} for {type(modules[owner]).__name__} {owner!r}; "
+                         "was it saved from this architecture?")
+    module = modules[owner]
+    weight = state[key]
+    count = weight.shape[1] * module.groups if getattr(module, "transposed", False) else weight.shape[0]
+    if count > size:
+        raise ValueError(f"{key} has {count} output channels; the unpruned model has only {size}")
+    return int(count)
+
+
 def _plan_from_shapes(model: nn.Module, state: Mapping[str, Tensor], inputs) -> PruningPlan:
-    """Keep-masks with the channel counts the state dict shows (first channels kept)."""
+    """Keep-masks with the channel counts the state dict shows: the first channels of each space.
+
+    Which original channels survived does not matter for the rebuilt architecture, only how many
+    of each conv's output channels did; keeping the first ones of every channel space keeps coupled
+    spaces (residual adds, DenseNet concats) consistent. Residual branches whose modules are absent
+    from the state dict were removed; a ``MaskedBatchNorm``'s ``index`` says which channels it reads.
+    """
     residual = "select" if any(k.endswith(".index") for k in state) else "keep"
     graph = build_graph(model, inputs, residual=residual)
+    modules = dict(unwrap(model).named_modules())
+    present = {k.rpartition(".")[0] for k in state}
+    stateful = {n for n, m in modules.items() if any(True for _ in m.parameters(recurse=False))
+                or any(True for _ in m.buffers(recurse=False))}
+    branches = [b.bn for b in graph.branches if not ((b.modules & stateful) & present)]
+    removed = frozenset().union(*(b.modules for b in graph.branches if b.bn in branches))
+    keep = np.ones(graph.n_gids, dtype=bool)
+    for space, (kind, owner, size) in enumerate(graph.spaces):
+        gids = np.flatnonzero(graph.space_of == space)
+        if owner in removed:
+            continue
+        keep[gids] = np.arange(len(gids)) < _kept_count(owner, kind, size, modules, state)
     masks = {}
+    for name, rec in graph.bns.items():  # selectors last: they read the other spaces' kept channels
+        if name in removed or not rec.selector:
+            continue
+        kept_in = np.flatnonzero(keep[rec.in_gids])
+        mask = keep[rec.in_gids].copy()
+        if f"{name}.index" in state:
+            index = state[f"{name}.index"].numpy()
+            if index.size and (index.min() < 0 or index.max() >= kept_in.size):
+                raise ValueError(f"{name}.index selects channel {int(index.max())} of an input with {kept_in.size}")
+            mask = np.zeros(len(rec.in_gids), dtype=bool)
+            mask[kept_in[index]] = True
+        keep[rec.gids] = mask
     for name, rec in graph.bns.items():
+        if name in removed:
+            masks[name] = torch.zeros(len(rec.gids), dtype=torch.bool)
+            continue
         key = f"{name}.weight" if f"{name}.weight" in state else f"{name}.running_mean"
         if key not in state:
             raise ValueError(f"state dict has no entry for BatchNorm {name!r} ({name}.weight); "
                              "was it saved from this architecture?")
-        if f"{name}.index" in state:
-            mask = np.zeros(len(rec.in_gids), dtype=bool)
-            mask[state[f"{name}.index"].numpy()] = True
-        else:
-            count = state[key].shape[0]
-            if count > len(rec.gids):
-                raise ValueError(f"{key} has {count} channels; the unpruned model has only {len(rec.gids)}")
-            mask = np.arange(len(rec.gids)) < count
+        mask = keep[rec.gids]
         if not mask.all() or rec.selector:
-            masks[name] = torch.from_numpy(mask)
-    plan = PruningPlan(masks=masks, method="from_shapes", ratio=None,
+            masks[name] = torch.from_numpy(mask.copy())
+    plan = PruningPlan(masks=masks, method="from_shapes", ratio=None, branches=branches,
+                       selectors=[n for n, r in graph.bns.items() if r.selector and n not in removed],
                        input_shapes=[list(t.shape) for t in inputs], options={"residual": residual})
     return plan
 
@@ -148,13 +204,13 @@ def load_pruned_model(model_or_builder: nn.Module | Callable[[], nn.Module],
     state = data["state_dict"]
     if "plan" in data:
         plan = PruningPlan.from_json(data["plan"])
-        pruned = prune(model, plan=plan, remove_branches=bool(data.get("branches_removed", True)))
+        pruned = prune(model, plan=plan, remove_branches=bool(data.get("branches_removed", True)), verify=False)
     else:
         if example_inputs is None:
             raise ValueError("this checkpoint has no plan: pass example_inputs (e.g. (3, 32, 32)) so the "
                              "architecture can be traced and rebuilt from the tensor shapes")
         plan = _plan_from_shapes(model, state, as_example_inputs(example_inputs))
-        pruned = prune(model, plan=plan)
+        pruned = prune(model, plan=plan, verify=False)  # the weights come from the checkpoint next
     _check_state(pruned, state)
     pruned.load_state_dict(state, strict=True)
     return pruned

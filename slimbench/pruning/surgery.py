@@ -11,7 +11,7 @@ import copy
 
 import numpy as np
 import torch
-from torch import fx, nn
+from torch import Tensor, fx, nn
 
 from slimbench.analysis.graph import ChannelGraph, build_graph
 from slimbench.core.inputs import ExampleInputs, as_example_inputs, unwrap
@@ -99,11 +99,15 @@ def _as_graph_module(model: nn.Module, graph: ChannelGraph, branches: list[str])
             if getattr(module, "inplace", False) is True:
                 module.inplace = False
     g.lint()
+    for node in g.nodes:  # constants fx made while tracing live on the traced copy, not on the model
+        if node.op == "get_attr" and "." not in node.target and not hasattr(model, node.target):
+            setattr(model, node.target, copy.deepcopy(getattr(graph.gm, node.target)))
     return fx.GraphModule(model, g, class_name=type(model).__name__)
 
 
 def prune(model: nn.Module, example_inputs: ExampleInputs | None = None, *, plan: PruningPlan | None = None,
-          remove_branches: bool = True, fold_beta: bool = False, graph: ChannelGraph | None = None,
+          remove_branches: bool = True, fold_beta: bool = False, verify: bool = True,
+          graph: ChannelGraph | None = None,
           **plan_options) -> nn.Module:
     """A new, physically smaller model (the caller's model is not touched).
 
@@ -115,6 +119,9 @@ def prune(model: nn.Module, example_inputs: ExampleInputs | None = None, *, plan
     next layers' biases (see ``slimbench.folding``); the result then tracks the unpruned model
     instead of the zeroed one. ``graph``: this model's channel graph (``slimbench.analyze`` passes it)
     so that pruning does not trace again.
+    ``verify=True`` (the default) runs the result and the zeroed model on the example inputs and
+    keeps whole the channel groups whose removal changes the outputs (``slimbench.pruning.verify``);
+    ``result.slimbench_plan`` is the plan the result was built from, with that record.
     """
     if plan is None:
         if example_inputs is None:
@@ -161,10 +168,39 @@ def prune(model: nn.Module, example_inputs: ExampleInputs | None = None, *, plan
                   else tuple(torch.zeros(s) for s in plan.input_shapes))
         fold(source, pruned, graph, keep, plan, inputs, removed if remove_branches else frozenset())
     if removed and remove_branches:
-        return _as_graph_module(pruned, graph, plan.branches)
-    if graph.shape_specialised:
-        return _as_graph_module(pruned, graph, [])
-    return pruned
+        result = _as_graph_module(pruned, graph, plan.branches)
+    elif graph.shape_specialised:
+        result = _as_graph_module(pruned, graph, [])
+    else:
+        result = pruned
+    from slimbench.pruning.verify import attach_plan, verify_pruned
+
+    def build(p: PruningPlan, fold: bool) -> nn.Module:
+        return prune(model, example_inputs, plan=p, remove_branches=remove_branches, fold_beta=fold, verify=False,
+                     graph=graph)  # the retries reuse the graph: no tracing
+
+    if verify:
+        result = verify_pruned(plan, result, graph, _check_inputs(example_inputs, plan, source), build,
+                               lambda p: zero_bn_channels(model, p), checkable=not fold_beta, fold_beta=fold_beta)
+    else:
+        attach_plan(result, plan)
+    earlier = getattr(source, "slimbench_plan", None)  # a pruned model pruned again: one plan against the original
+    if isinstance(earlier, PruningPlan):
+        from slimbench.pruning.passes import compose
+
+        result.slimbench_plan = compose(earlier, result.slimbench_plan)
+    return result
+
+
+def _check_inputs(example_inputs: ExampleInputs | None, p: PruningPlan, source: nn.Module) -> tuple[Tensor, ...]:
+    """The inputs the self-check runs: the caller's, else seeded random ones of the plan's shapes."""
+    like = next((t for t in [*source.parameters(), *source.buffers()] if t.is_floating_point()), None)
+    if example_inputs is not None:
+        return as_example_inputs(example_inputs, like=like)
+    gen = torch.Generator().manual_seed(0)
+    return tuple(torch.randn(tuple(s), generator=gen).to(device=like.device if like is not None else "cpu",
+                                                         dtype=like.dtype if like is not None else None)
+                 for s in p.input_shapes)
 
 
 def zero(model: nn.Module, plan: PruningPlan, *, graph: ChannelGraph | None = None) -> nn.Module:
@@ -198,7 +234,15 @@ def zero_bn_channels(model: nn.Module, plan: PruningPlan) -> nn.Module:
     modules = dict(zeroed.named_modules())
     with torch.no_grad():
         for name, mask in plan.masks.items():
-            bn = modules[name]
+            bn = modules.get(name)
+            if bn is None or getattr(bn, "weight", None) is None or bn.weight.shape != (len(mask),):
+                from slimbench.core.errors import SlimbenchValueError
+
+                found = "no such module" if bn is None else f"a {type(bn).__name__} of shape " + (
+                    f"{tuple(bn.weight.shape)}" if getattr(bn, "weight", None) is not None else "(no affine weight)")
+                raise SlimbenchValueError(
+                    f"zero_bn_channels: the plan masks {len(mask)} channels of BatchNorm {name!r}, but the model "
+                    f"has {found} there (was the plan made for another model, or for the pruned one?)")
             drop = torch.as_tensor(~np.asarray(mask, dtype=bool)).to(bn.weight.device)
             bn.weight[drop] = 0
             bn.bias[drop] = 0

@@ -1,5 +1,6 @@
 """Property test: on random CNN DAGs, pruning is exact and the MACs prediction is what torch counts."""
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -8,6 +9,7 @@ from torch import nn
 import slimbench
 
 from helpers import assert_equivalent, conv_linear_macs, randomize_bn
+from mutation import assert_unchanged, snapshot
 
 ACTS = {"relu": nn.ReLU, "silu": nn.SiLU, "none": nn.Identity}
 
@@ -97,3 +99,66 @@ def test_random_dags_prune_exactly(net, seed, ratio, residual, method):
     assert_equivalent(model, x, plan, slimbench.zero(model, plan))
     assert plan.macs_before == conv_linear_macs(model, x[:1])
     assert plan.macs_after == conv_linear_macs(pruned, x[:1])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(net=random_nets(), seed=st.integers(0, 2**16), residual=st.sampled_from(["keep", "shared", "select"]),
+       modes=st.lists(st.booleans(), min_size=12, max_size=12))
+def test_public_calls_never_mutate_the_callers_model(net, seed, residual, modes, tmp_path_factory):
+    from thop_ext import profile
+
+    spec, head = net
+    model = randomize_bn(RandomNet(spec, head, size=5), seed=seed)
+    for module, training in zip(model.modules(), modes, strict=False):  # mixed modes, as in a partly frozen model
+        module.training = training
+    model.layers[0].register_forward_hook(lambda m, i, o: None)
+    x = torch.randn(2, 3, 5, 5)
+    before = snapshot(model)
+    rows = slimbench.explain(model, x, residual=residual)
+    assert_unchanged(before, model, "explain")
+    plan = slimbench.plan(model, x, ratio=0.5, residual=residual)
+    assert_unchanged(before, model, "plan")
+    pruned = slimbench.prune(model, x, plan=plan)
+    assert_unchanged(before, model, "prune")
+    slimbench.zero(model, plan)
+    slimbench.zero_bn_channels(model, plan)
+    assert_unchanged(before, model, "zero / zero_bn_channels")
+    path = tmp_path_factory.mktemp("ckpt") / "m.pt"
+    slimbench.save_pruned_model(pruned, path, plan=pruned.slimbench_plan)
+    slimbench.load_pruned_model(model, path)
+    assert_unchanged(before, model, "load_pruned_model")
+    profile(model, (3, 5, 5))
+    profile(model, (3, 5, 5), skip_zero=False)
+    assert_unchanged(before, model, "thop_ext.profile")
+    assert rows
+
+
+def test_failing_public_calls_leave_the_model_unchanged(tmp_path):
+    """The failure paths: refused prune, another model's plan, a checkpoint of another model, bad inputs."""
+    from slimbench.core.errors import SlimbenchError
+    from thop_ext import profile
+
+    from user_nets import DivByChannels, SlimVGG
+
+    x = torch.randn(2, 3, 8, 8)
+    broken = randomize_bn(DivByChannels(only_broken=True), seed=1).train()
+    broken.bn.eval()
+    broken.c1.register_forward_pre_hook(lambda m, i: None)
+    before = snapshot(broken)
+    with pytest.raises(SlimbenchError, match="nothing of this plan can be kept"):
+        slimbench.prune(broken, x, ratio=0.5)
+    assert_unchanged(before, broken, "prune (refused)")
+    vgg = randomize_bn(SlimVGG(), seed=1)
+    vgg_plan = slimbench.plan(vgg, x, ratio=0.5)
+    with pytest.raises(ValueError, match="feature.1"):
+        slimbench.zero_bn_channels(broken, vgg_plan)
+    with pytest.raises(ValueError):
+        slimbench.zero(broken, vgg_plan)
+    with pytest.raises(ValueError):
+        slimbench.prune(broken, plan=vgg_plan)
+    path = slimbench.save_pruned_model(slimbench.prune(vgg, plan=vgg_plan), tmp_path / "vgg.pt")
+    with pytest.raises(ValueError):
+        slimbench.load_pruned_model(broken, path)
+    with pytest.raises(Exception):  # noqa: B017 - whatever the error, the model must come back unchanged
+        profile(broken, (3, 5))
+    assert_unchanged(before, broken, "failing zero / zero_bn_channels / prune / load / profile")

@@ -107,3 +107,103 @@ def test_failed_save_leaves_existing_file(tmp_path):
     with pytest.raises(AttributeError, match="to_json"):
         slimbench.save_pruned_model(pruned, path, plan=object())  # fails before anything is written
     assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["m.pt"]
+
+
+# -- round trips: several passes, bare state dicts of every structure, torch.compile -------------
+
+from slimbench.models import get_model  # noqa: E402
+
+X32 = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def outputs_match(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor = X32) -> bool:
+    with torch.no_grad():
+        return torch.equal(a.eval()(x), b.eval()(x))
+
+
+@pytest.mark.parametrize("name, options", [("vgg11", {}), ("resnet20", {"residual": "shared"}),
+                                           ("resnet164", {"residual": "select"})])
+def test_prune_finetune_prune_save_load(tmp_path, name, options):
+    torch.manual_seed(0)
+    model = randomize_bn(get_model(name), seed=1)
+    first = slimbench.prune(model, X32, ratio=0.4, **options)
+    randomize_bn(first, seed=5)  # stands in for fine-tuning: new weights, same structure
+    second = slimbench.prune(first, X32, ratio=0.3, **options)
+    composed = second.slimbench_plan
+    assert composed.options["passes"] == 2
+    assert all(len(m) == model.get_submodule(n).num_features for n, m in composed.masks.items())
+    assert composed.pruned_channels > first.slimbench_plan.pruned_channels
+    path = slimbench.save_pruned_model(second, tmp_path / "m.pt")
+    loaded = slimbench.load_pruned_model(lambda: get_model(name), path)
+    assert outputs_match(loaded, second)
+    third = slimbench.prune(loaded, X32, ratio=0.2, **options)  # a loaded model carries its plan on
+    assert third.slimbench_plan.options["passes"] == 3
+
+
+def test_saving_a_repaired_model_writes_the_plan_it_was_built_from(tmp_path):
+    from user_nets import BNTwice
+
+    model = randomize_bn(BNTwice(), seed=1)
+    x = torch.randn(2, 3, 8, 8)
+    plan = slimbench.plan(model, x, ratio=0.5)
+    with pytest.warns(UserWarning, match="verified"):
+        pruned = slimbench.prune(model, x, plan=plan)
+    with pytest.warns(UserWarning, match="differs from the plan the model was built from"):
+        path = slimbench.save_pruned_model(pruned, tmp_path / "m.pt", plan=plan)
+    loaded = slimbench.load_pruned_model(BNTwice, path)
+    assert outputs_match(loaded, pruned, x)
+
+
+def kill_branches(model: torch.nn.Module, n: int = 2) -> torch.nn.Module:
+    graph = slimbench.plan(model, X32, ratio=0.5, branches="remove")._graph
+    with torch.no_grad():
+        for branch in graph.branches[:n]:
+            model.get_submodule(branch.bn).weight.mul_(1e-3)
+    return model
+
+
+@pytest.mark.parametrize("name, options", [
+    ("densenet40", {}), ("densenet40", {"residual": "select"}),
+    ("resnet20", {"branches": "remove"}), ("resnet56", {"branches": "remove", "residual": "shared"}),
+])
+def test_bare_state_dict_of_every_structure_loads(name, options):
+    torch.manual_seed(0)
+    model = randomize_bn(get_model(name), seed=1)
+    if "branches" in options:
+        kill_branches(model)
+    pruned = slimbench.prune(model, X32, ratio=0.5, **options)
+    if "branches" in options:
+        assert pruned.slimbench_plan.branches  # the case under test: blocks really removed
+    loaded = slimbench.load_pruned_model(lambda: get_model(name), pruned.state_dict(), example_inputs=(3, 32, 32))
+    assert outputs_match(loaded, pruned)
+
+
+class ViewHeadPreAct(PreActResidual):
+    """The classifier reads the last BN through ``x.view(x.size(0), -1)``, not torch.flatten."""
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = x + block(x)
+        x = torch.nn.functional.adaptive_avg_pool2d(torch.relu(self.bn(x)), 1)
+        return self.fc(x.view(x.size(0), -1))
+
+
+def test_select_reaches_a_bn_read_through_view_of_size():
+    model = randomize_bn(ViewHeadPreAct(), seed=2)
+    x = torch.randn(2, 3, 8, 8)
+    rows = {r["bn"]: r["status"] for r in slimbench.explain(model, x, residual="select")}
+    assert rows["bn"] == "prunable (channel selection)"
+    pruned = slimbench.prune(model, x, ratio=0.5, residual="select")
+    assert pruned.slimbench_plan.options["verification"]["frozen"] == []
+    assert not bool(pruned.slimbench_plan.masks["bn"].all())
+
+
+def test_torch_compiled_model_saves_and_loads(tmp_path):
+    model = randomize_bn(PreActResidual(), seed=3)
+    x = torch.randn(2, 3, 8, 8)
+    pruned = slimbench.prune(torch.compile(model), x, ratio=0.5, residual="select")
+    path = slimbench.save_pruned_model(torch.compile(pruned), tmp_path / "m.pt")
+    assert not any(k.startswith("_orig_mod") for k in torch.load(path, weights_only=True)["state_dict"])
+    loaded = slimbench.load_pruned_model(torch.compile(PreActResidual()), path)
+    assert outputs_match(loaded, pruned, x)

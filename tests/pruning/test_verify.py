@@ -1,0 +1,91 @@
+"""prune checks its own result against the zeroed model and never returns one that fails."""
+
+import json
+
+import pytest
+import torch
+
+import slimbench
+from slimbench.core.errors import SlimbenchError
+
+from helpers import randomize_bn
+from nets import PostActResidual
+from user_nets import BNTwice, DivByChannels
+
+X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+def rel_err(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        ref, out = b.eval()(x), a.eval()(x)
+    return ((out - ref).abs().max() / ref.abs().max()).item()
+
+
+def test_clean_model_is_checked_in_float64_and_nothing_frozen():
+    model = randomize_bn(PostActResidual(), seed=1)
+    pruned = slimbench.prune(model, X, ratio=0.5)
+    record = pruned.slimbench_plan.options["verification"]
+    assert record["checked"] == "float64" and record["frozen"] == []
+    assert record["max_rel_err"] <= 1e-9
+    assert next(pruned.parameters()).dtype == torch.float32  # cast back after the float64 check
+
+
+@pytest.mark.parametrize("net", [BNTwice, DivByChannels])
+def test_unverified_pruning_of_these_models_is_wrong(net):
+    model = randomize_bn(net(), seed=1)
+    plan = slimbench.plan(model, X, ratio=0.5)
+    pruned = slimbench.prune(model, X, plan=plan, verify=False)
+    try:
+        err = rel_err(pruned, slimbench.zero_bn_channels(model, plan), X)
+    except RuntimeError:  # BNTwice: running_mean should contain 8 elements not 4
+        return
+    assert err > 1e-4
+
+
+@pytest.mark.parametrize("net", [BNTwice, DivByChannels])
+def test_verification_freezes_the_offending_bn_and_keeps_the_rest(net):
+    model = randomize_bn(net(), seed=1)
+    plan = slimbench.plan(model, X, ratio=0.5)
+    masks_before = {k: v.clone() for k, v in plan.masks.items()}
+    with pytest.warns(UserWarning, match="kept all channels of bn "):
+        pruned = slimbench.prune(model, X, plan=plan)
+    used = pruned.slimbench_plan
+    frozen = used.options["verification"]["frozen"]
+    assert [f["bns"] for f in frozen] == [["bn"]] and frozen[0]["reason"]
+    assert "bn" not in used.masks or bool(used.masks["bn"].all())
+    assert not bool(used.masks["bn2"].all())  # the provable part is still pruned
+    assert pruned.bn2.num_features < 8
+    assert rel_err(pruned, slimbench.zero_bn_channels(model, used), X) <= 1e-5
+    assert {k: v.tolist() for k, v in plan.masks.items()} == {k: v.tolist() for k, v in masks_before.items()}
+    json.loads(used.to_json())  # the record travels with the plan
+
+
+def test_explain_shows_what_verification_froze():
+    model = randomize_bn(BNTwice(), seed=1)
+    with pytest.warns(UserWarning):
+        pruned = slimbench.prune(model, X, ratio=0.5)
+    rows = {r["bn"]: r for r in slimbench.explain(model, X, plan=pruned.slimbench_plan)}
+    assert rows["bn"]["status"] == "frozen by verification"
+    assert "running_mean" in rows["bn"]["reason"]
+
+
+def test_nothing_kept_is_a_clear_error():
+    model = randomize_bn(DivByChannels(only_broken=True), seed=1)
+    with pytest.raises(SlimbenchError, match="nothing of this plan can be kept.*bn"):
+        slimbench.prune(model, X, ratio=0.5)
+
+
+def test_fold_beta_result_is_built_from_the_verified_plan():
+    model = randomize_bn(BNTwice(), seed=1)
+    with pytest.warns(UserWarning):
+        pruned = slimbench.prune(model, X, ratio=0.5, fold_beta=True)
+    assert pruned.bn.num_features == 8 and pruned.bn2.num_features < 8
+    pruned.eval()(X)
+
+
+def test_verification_without_example_inputs_uses_the_plan_shapes():
+    model = randomize_bn(DivByChannels(), seed=1)
+    plan = slimbench.plan(model, X, ratio=0.5)
+    with pytest.warns(UserWarning, match="kept all channels of bn "):
+        pruned = slimbench.prune(model, plan=plan)
+    assert pruned.bn.num_features == 8

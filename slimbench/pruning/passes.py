@@ -42,5 +42,4 @@ def compose(earlier: PruningPlan, later: PruningPlan) -> PruningPlan:
         options={**later.options, "passes": passes},
         branches=list(earlier.branches) + [b for b in later.branches if b not in earlier.branches],
         selectors=list(earlier.selectors) + [s for s in later.selectors if s not in earlier.selectors],
-        macs_before=earlier.macs_before or later.macs_before, layers=layers or later.layers,
-        _graph=None, _model_id=None)
+        macs_before=earlier.macs_before or later.macs_before, layers=layers or later.layers)

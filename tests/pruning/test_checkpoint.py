@@ -155,7 +155,7 @@ def test_saving_a_repaired_model_writes_the_plan_it_was_built_from(tmp_path):
 
 
 def kill_branches(model: torch.nn.Module, n: int = 2) -> torch.nn.Module:
-    graph = slimbench.plan(model, X32, ratio=0.5, branches="remove")._graph
+    graph = slimbench.analyze(model, X32).graph()
     with torch.no_grad():
         for branch in graph.branches[:n]:
             model.get_submodule(branch.bn).weight.mul_(1e-3)

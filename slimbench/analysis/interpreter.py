@@ -11,8 +11,10 @@ conv / BN records that surgery and planning read.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, fx
 
@@ -46,6 +48,8 @@ class ChannelInterpreter(fx.Interpreter):
         self.bns: dict[str, BNRecord] = {}
         self.labels: dict[fx.Node, Any] = {}
         self.merged: set[fx.Node] = set()  # nodes carrying a residual sum or a concat
+        self.shapes: dict[fx.Node, tuple[Any, int]] = {}  # x.shape / x.size() nodes: (x's label, x.dim())
+        self.recorded: Counter[str] = Counter()  # calls of each module that its rule could follow
         self.inputs: tuple[Tensor, ...] = ()
         self._defaulted: set[str] = set()
 
@@ -55,6 +59,7 @@ class ChannelInterpreter(fx.Interpreter):
         self.env = {}
         with torch.no_grad():
             self.run(*inputs, enable_io_processing=False)
+        self._check_shared_modules()
         return self
 
     def run_node(self, node: fx.Node) -> Any:
@@ -121,10 +126,40 @@ class ChannelInterpreter(fx.Interpreter):
                 fx.node.map_arg(node.kwargs, self.env.__getitem__))
 
     def record_conv(self, node: fx.Node, rec: ConvRecord) -> None:
-        self.convs[rec.name] = rec
+        """Record a conv / linear call; a module called again couples all its call sites."""
+        self.recorded[rec.name] += 1
+        prev = self.convs.setdefault(rec.name, rec)
+        if prev is rec:
+            return
+        prev.calls += 1
+        if prev.role != rec.role or prev.role == "fixed":
+            self.freeze_gids([prev.in_gids, prev.out_gids, rec.in_gids, rec.out_gids], _called_again(rec.name))
+            prev.fixed_macs += rec.fixed_macs
+            return
+        self.union_gids(prev.in_gids, rec.in_gids)  # one weight: one in-mask and one out-mask for every call
+        self.union_gids(prev.out_gids, rec.out_gids)
+        prev.per_position += rec.per_position  # MACs of every call
 
     def record_bn(self, node: fx.Node, rec: BNRecord) -> None:
-        self.bns[rec.name] = rec
+        """Record a BN call; a BN called again joins the channels of all its call sites."""
+        self.recorded[rec.name] += 1
+        prev = self.bns.setdefault(rec.name, rec)
+        if prev is rec:
+            return
+        prev.calls += 1
+        if prev.selector or rec.selector:
+            self.freeze_gids([prev.gids, prev.in_gids, rec.gids, rec.in_gids], _called_again(rec.name))
+        else:
+            self.union_gids(prev.gids, rec.gids)
+
+    def _check_shared_modules(self) -> None:
+        """A module called more than once, with a call its rule could not follow, is frozen whole."""
+        calls = Counter(n.target for n in self.gm.graph.nodes if n.op == "call_module")
+        for name, rec in (*self.convs.items(), *self.bns.items()):
+            if calls[name] > self.recorded[name]:
+                gids_ = ([rec.in_gids, rec.out_gids] if isinstance(rec, ConvRecord) else [rec.gids, rec.in_gids])
+                self.freeze_gids(gids_, f"{name} is called {calls[name]} times in one forward and "
+                                        "not every call's channels could be followed")
 
     def pointwise_label(self, node: fx.Node, value: Any, keeps_zero: bool) -> Any:
         if node.args[0] in self.merged:
@@ -182,6 +217,15 @@ class ChannelInterpreter(fx.Interpreter):
                 if residual:
                     self.residual.update((x, y))
 
+    def union_gids(self, a, b) -> None:
+        self.union(torch.as_tensor(a) * 2, torch.as_tensor(b) * 2, residual=False)
+
+    def freeze_gids(self, arrays, reason: str) -> None:
+        for array in arrays:
+            if array is not None:
+                for g in np.unique(array).tolist():
+                    self.frozen.setdefault(g, reason)
+
     def freeze(self, label: Any, reason: str) -> None:
         for codes in _all_codes(label):
             for g in torch.unique(gids(codes)).tolist():
@@ -207,6 +251,10 @@ class ChannelInterpreter(fx.Interpreter):
         if isinstance(value, (tuple, list)):
             return type(value)(self._fresh(v, owner, reason) for v in value)
         return None
+
+
+def _called_again(name: str) -> str:
+    return f"{name} is called more than once in one forward, in ways that cannot be pruned together"
 
 
 def _all_codes(label: Any):

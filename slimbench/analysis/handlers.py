@@ -182,6 +182,9 @@ def reshape_label(ctx: Ctx, node: fx.Node, value: Any, flatten: bool) -> Any:
             return getattr(codes, node.target)(*args[1:], **kwargs)
         return node.target(codes, *args[1:], **kwargs)
 
+    for size in _sizes(node):
+        if isinstance(size, fx.Node) and size in ctx.counts:
+            ctx.count_checks.append((ctx.counts[size], label, f"{describe(size)} sizes {describe(node)}"))
     try:
         out = replay(full)
     except RuntimeError:  # a view of the broadcast labels can need real strides
@@ -292,21 +295,25 @@ def _channel_count(ctx: Ctx, node: fx.Node, label: Any) -> None:
         if not _is_channel_size(user, node):
             ctx.freeze(label, f"{describe(node)} reads the channel count as a value (used by {describe(user)})")
             return
+    ctx.counts[node] = label  # each view it sizes must hold these very channels (checked at the end)
 
 
 def _is_channel_size(user: fx.Node, count: fx.Node) -> bool:
     """Is ``count`` only the dim-1 size of this view / reshape (channels then kept exactly or frozen)?"""
-    if user.op == "call_method" and user.target in ("view", "reshape"):
-        sizes = user.args[1:]
-    elif user.op == "call_function" and user.target is torch.reshape and len(user.args) == 2:
-        sizes = user.args[1:]
-    else:
+    if not ((user.op == "call_method" and user.target in ("view", "reshape"))
+            or (user.op == "call_function" and user.target is torch.reshape and len(user.args) == 2)):
         return False
-    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
-        sizes = sizes[0]
-    sizes = list(sizes)
+    sizes = _sizes(user)
     return (len(sizes) > 1 and sizes[1] is count and count not in sizes[:1] + sizes[2:]
             and user.args[0] is not count and not user.kwargs)
+
+
+def _sizes(node: fx.Node) -> list:
+    """The target sizes of a view / reshape call, given as ``*sizes`` or as one tuple."""
+    sizes = node.args[1:]
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = sizes[0]
+    return list(sizes)
 
 
 def _channel_extent(other: Any, out_ndim: int) -> int:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, fx
 
 from slimbench.analysis import handlers, ops
-from slimbench.core.labels import Chan, Full, Label, clear_z, gids, zbit
+from slimbench.core.labels import Chan, Full, Label, channel_codes, clear_z, gids, zbit
 from slimbench.core.rules import BNRecord, ChannelRule, ConvRecord, meta_call, rule_for
 
 __all__ = ["ChannelInterpreter", "label_graph"]
@@ -49,6 +49,8 @@ class ChannelInterpreter(fx.Interpreter):
         self.labels: dict[fx.Node, Any] = {}
         self.merged: set[fx.Node] = set()  # nodes carrying a residual sum or a concat
         self.shapes: dict[fx.Node, tuple[Any, int]] = {}  # x.shape / x.size() nodes: (x's label, x.dim())
+        self.counts: dict[fx.Node, Any] = {}  # channel counts that only size dim 1 of views: x's label
+        self.count_checks: list[tuple[Any, Any, str]] = []  # (count's label, the view input's label, where)
         self.recorded: Counter[str] = Counter()  # calls of each module that its rule could follow
         self.inputs: tuple[Tensor, ...] = ()
         self._defaulted: set[str] = set()
@@ -60,6 +62,7 @@ class ChannelInterpreter(fx.Interpreter):
         with torch.no_grad():
             self.run(*inputs, enable_io_processing=False)
         self._check_shared_modules()
+        self._check_counts()
         return self
 
     def run_node(self, node: fx.Node) -> Any:
@@ -190,6 +193,17 @@ class ChannelInterpreter(fx.Interpreter):
                 continue
             return False
         return bool(node.users)
+
+    def _check_counts(self) -> None:
+        """A channel count read from x may only size a view of x's own channels (same classes)."""
+        for count_label, label, where in self.count_checks:
+            a, b = channel_codes(count_label), channel_codes(label)
+            same = a is not None and b is not None and len(a) == len(b) and all(
+                self.find(x) == self.find(y) for x, y in zip(gids(a).tolist(), gids(b).tolist(), strict=True))
+            if not same:
+                reason = f"{where}, whose channels are not the ones counted"
+                self.freeze(count_label, reason)
+                self.freeze(label, reason)
 
     # -- spaces and classes --------------------------------------------------------------------
     def new_space(self, size: int, kind: str, owner: str, z: bool = False, frozen: str | None = None) -> Tensor:

@@ -135,6 +135,19 @@ class SEView(nn.Module):  # the SENet idiom: b, c = x.size() sizes a view that k
         return self.b(y * z.expand_as(y))
 
 
+class CountSizesOtherChannels(nn.Module):  # y's channel count sizes a view of z's channels
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = cbr(3, 8), cbr(3, 8), cbr(8, 4)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y, z = self.a(x), self.b(x)
+        n, c, h, w = y.shape
+        s = F.adaptive_avg_pool2d(z, 1).view(n, c)
+        return self.head(s) + self.c(y).mean((2, 3))
+
+
 CASES = {  # model, BN to look at, its expected status, words its reason must contain
     "div_by_size": (DivBySize, "a.1", "not prunable", "size (node 'size') reads the channel count as a value"),
     "shape_unpack": (ShapeUnpackArithmetic, "a.1", "not prunable", "reads the channel count as a value"),
@@ -147,6 +160,7 @@ CASES = {  # model, BN to look at, its expected status, words its reason must co
     "shared_bn_on_a_parameter": (SharedBNOnAParameter, "bn", "not prunable",
                                  "bn is called 2 times in one forward and not every call's channels could be followed"),
     "se_view": (SEView, "a.1", "prunable", ""),
+    "count_sizes_other_channels": (CountSizesOtherChannels, "a.1", "not prunable", "whose channels are not the ones"),
 }
 
 

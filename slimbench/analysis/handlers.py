@@ -46,9 +46,13 @@ def label_call(ctx: Ctx, node: fx.Node, value: Any) -> Any:
     handler = handler_for(node.target)
     if handler is not None:
         return handler(ctx, node, value)
-    if not isinstance(value, (Tensor, tuple, list)):
-        return None
+    if not isinstance(value, (Tensor, tuple, list)) and not (node.users and _reads_labelled(ctx, node)):
+        return None  # an unused flag or size, or one computed from no channels
     return ctx.opaque(node, value, _not_mapped(node))
+
+
+def _reads_labelled(ctx: Ctx, node: fx.Node) -> bool:
+    return any(ctx.labels.get(arg) is not None for arg in node.all_input_nodes)
 
 
 def describe(node: fx.Node) -> str:
@@ -260,7 +264,9 @@ def _shape_query(ctx: Ctx, node: fx.Node, value: Any) -> None:
     """
     src = node.args[0]
     label = ctx.labels.get(src) if isinstance(src, fx.Node) else None
-    if label is None or node.target == "dim" or (node.target is getattr and node.args[1] != "shape"):
+    if label is not None and node.target is getattr and isinstance(value, Tensor):  # x.mT, x.data...
+        return ctx.opaque(node, value, _not_mapped(node))
+    if label is None or node.target in _NO_CHANNELS or (node.target is getattr and node.args[1] != "shape"):
         return None
     if node.target == "numel":
         if node.users:
@@ -278,6 +284,10 @@ def _shape_query(ctx: Ctx, node: fx.Node, value: Any) -> None:
     if dim % ndim == 1:
         _channel_count(ctx, node, label)
     return None
+
+
+# queries whose answer never depends on the channel count
+_NO_CHANNELS = {"dim", "is_contiguous", "is_floating_point", "get_device", "element_size", "type"}
 
 
 def _shape_item(ctx: Ctx, node: fx.Node) -> None:
@@ -352,5 +362,5 @@ for _target in ops.PAD_FUNCTIONS:
     register_op_handler(_target, _tensor_op(_pad))
 for _target in (*ops.REDUCE_FUNCTIONS, *ops.REDUCE_METHODS):
     register_op_handler(_target, _tensor_op(_reduce))
-for _target in (*ops.SHAPE_METHODS, getattr):
+for _target in (*ops.SHAPE_METHODS, *_NO_CHANNELS, getattr):
     register_op_handler(_target, _shape_query)

@@ -148,6 +148,25 @@ class CountSizesOtherChannels(nn.Module):  # y's channel count sizes a view of z
         return self.head(s) + self.c(y).mean((2, 3))
 
 
+class NumelAsValue(nn.Module):  # an op no handler maps, returning a number: before, a wrong model
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = cbr(3, 8), cbr(8, 8)
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.b(y * (1000.0 / torch.numel(y)))
+
+
+class TensorAttribute(nn.Module):  # x.mT is a getattr that returns a tensor: before, a crash
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = cbr(3, 8), cbr(8, 8)
+
+    def forward(self, x):
+        return self.b(self.a(x).mT.mT)
+
+
 CASES = {  # model, BN to look at, its expected status, words its reason must contain
     "div_by_size": (DivBySize, "a.1", "not prunable", "size (node 'size') reads the channel count as a value"),
     "shape_unpack": (ShapeUnpackArithmetic, "a.1", "not prunable", "reads the channel count as a value"),
@@ -159,6 +178,8 @@ CASES = {  # model, BN to look at, its expected status, words its reason must co
     "unknown_op": (UnknownOp, "a.1", "not prunable", "roll (node 'roll') is not an op slimbench maps"),
     "shared_bn_on_a_parameter": (SharedBNOnAParameter, "bn", "not prunable",
                                  "bn is called 2 times in one forward and not every call's channels could be followed"),
+    "numel_as_value": (NumelAsValue, "a.1", "not prunable", "numel (node 'numel') is not an op slimbench maps"),
+    "tensor_attribute": (TensorAttribute, "a.1", "not prunable", "is not an op slimbench maps"),
     "se_view": (SEView, "a.1", "prunable", ""),
     "count_sizes_other_channels": (CountSizesOtherChannels, "a.1", "not prunable", "whose channels are not the ones"),
 }

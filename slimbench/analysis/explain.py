@@ -35,12 +35,23 @@ def explain(model: nn.Module, example_inputs: ExampleInputs, *, residual: str = 
             status = "prunable" if why is None else "not prunable"
         if rec.selector:
             status = "prunable (channel selection)"
+        if why is None:
+            why = _called_again(graph, classes)
         if name in frozen:
             status, why = "frozen by verification", f"pruning it changed the outputs: {frozen[name]}"
         rows.append({"bn": name, "channels": len(rec.gids), "status": status,
                      "coupled_with": ", ".join(coupled[:4]) + (" ..." if len(coupled) > 4 else ""),
                      "reason": why or ""})
     return rows
+
+
+def _called_again(graph, classes: np.ndarray) -> str | None:
+    """Modules called more than once whose channels meet these classes: their call sites go together."""
+    records = [(r.name, r.calls, [r.gids]) for r in graph.bns.values()]
+    records += [(r.name, r.calls, [r.in_gids, r.out_gids]) for r in graph.convs.values()]
+    names = [f"{name} is called {calls} times in one forward" for name, calls, arrays in records
+             if calls > 1 and any(a is not None and np.intersect1d(graph.class_of[a], classes).size for a in arrays)]
+    return "; ".join(names) + ": every call site is pruned together" if names else None
 
 
 def format_explanation(rows: list[dict]) -> str:

@@ -46,9 +46,13 @@ def label_call(ctx: Ctx, node: fx.Node, value: Any) -> Any:
     handler = handler_for(node.target)
     if handler is not None:
         return handler(ctx, node, value)
-    if not isinstance(value, (Tensor, tuple, list)):
-        return None
+    if not isinstance(value, (Tensor, tuple, list)) and not (node.users and _reads_labelled(ctx, node)):
+        return None  # an unused flag or size, or one computed from no channels
     return ctx.opaque(node, value, _not_mapped(node))
+
+
+def _reads_labelled(ctx: Ctx, node: fx.Node) -> bool:
+    return any(ctx.labels.get(arg) is not None for arg in node.all_input_nodes)
 
 
 def describe(node: fx.Node) -> str:
@@ -68,10 +72,6 @@ def _tensor_op(fn: Handler) -> Handler:
         return fn(ctx, node, value)
     handler.__name__ = fn.__name__
     return handler
-
-
-def _no_channels(ctx: Ctx, node: fx.Node, value: Any) -> None:
-    return None
 
 
 # -- the kinds of ops ---------------------------------------------------------------------------
@@ -160,8 +160,11 @@ def reshape(flatten: bool) -> Handler:
     return _tensor_op(handle)
 
 
-@_tensor_op
 def getitem(ctx: Ctx, node: fx.Node, value: Any) -> Any:
+    if node.args[0] in ctx.shapes:  # x.shape[i] / x.size()[i], or one name of ``n, c, h, w = x.shape``
+        return _shape_item(ctx, node)
+    if not isinstance(value, (Tensor, tuple, list)):
+        return None
     label = ctx.input_label(node)
     if isinstance(label, (tuple, list)):  # one output of a multi-output op
         return label[node.args[1]]
@@ -183,6 +186,9 @@ def reshape_label(ctx: Ctx, node: fx.Node, value: Any, flatten: bool) -> Any:
             return getattr(codes, node.target)(*args[1:], **kwargs)
         return node.target(codes, *args[1:], **kwargs)
 
+    for size in _sizes(node):
+        if isinstance(size, fx.Node) and size in ctx.counts:
+            ctx.count_checks.append((ctx.counts[size], label, f"{describe(size)} sizes {describe(node)}"))
     try:
         out = replay(full)
     except RuntimeError:  # a view of the broadcast labels can need real strides
@@ -191,8 +197,10 @@ def reshape_label(ctx: Ctx, node: fx.Node, value: Any, flatten: bool) -> Any:
     if isinstance(out, Tensor):
         result = collapse(out)
         out_codes = channel_codes(result)
-        same = (in_codes is not None and out_codes is not None and out.dim() == len(shape)
-                and torch.equal(out_codes, in_codes))
+        regrouped = out.dim() != len(shape) and (node.target not in _ADDS_OR_DROPS_DIMS
+                                                 or _has_literal_sizes(node, channel_only=True))
+        same = (in_codes is not None and out_codes is not None and torch.equal(out_codes, in_codes)
+                and not regrouped)
         flattened = (in_codes is not None and out.dim() == 2 and out.shape[1] % len(in_codes) == 0
                      and bool((out[0].reshape(len(in_codes), -1) == in_codes[:, None]).all()))
         if same or (flattened and (flatten or not _has_literal_sizes(node))):
@@ -245,6 +253,79 @@ def _reduce(ctx: Ctx, node: fx.Node, value: Any) -> Any:
     return Chan(channel_codes(label))
 
 
+# -- sizes read as values ---------------------------------------------------------------------------
+def _shape_query(ctx: Ctx, node: fx.Node, value: Any) -> None:
+    """``x.size()``, ``x.size(d)``, ``x.shape``, ``x.numel()``, ``x.dim()``: sizes, not channels.
+
+    A size that includes the channel count freezes the channels it counts when it is used as a
+    value (arithmetic, a head split, a new tensor...): the pruned model would compute with
+    another number than the zeroed one. The one use proven exact is the channel size of a
+    ``view`` / ``reshape`` that keeps every channel at dim 1 (``z.view(b, c)`` in an SE block).
+    """
+    src = node.args[0]
+    label = ctx.labels.get(src) if isinstance(src, fx.Node) else None
+    if label is not None and node.target is getattr and isinstance(value, Tensor):  # x.mT, x.data...
+        return ctx.opaque(node, value, _not_mapped(node))
+    if label is None or node.target in _NO_CHANNELS or (node.target is getattr and node.args[1] != "shape"):
+        return None
+    if node.target == "numel":
+        if node.users:
+            ctx.freeze(label, f"{describe(node)} reads the channel count as a value")
+        return None
+    args, kwargs = ctx.concrete(node)
+    dim = (args[1] if len(args) > 1 else kwargs.get("dim")) if node.target == "size" else None
+    ndim = ctx.env[src].dim()
+    if dim is None:  # the whole shape: its items are judged where they are read
+        ctx.shapes[node] = (label, ndim)
+        for user in node.users:
+            if not (user.op == "call_function" and user.target is operator.getitem and user.args[0] is node):
+                ctx.freeze(label, f"{describe(user)} reads the channel count as a value")
+        return None
+    if dim % ndim == 1:
+        _channel_count(ctx, node, label)
+    return None
+
+
+# queries whose answer never depends on the channel count
+_NO_CHANNELS = {"dim", "is_contiguous", "is_floating_point", "get_device", "element_size", "type"}
+
+
+def _shape_item(ctx: Ctx, node: fx.Node) -> None:
+    label, ndim = ctx.shapes[node.args[0]]
+    index = node.args[1]
+    if isinstance(index, int) and index % ndim == 1:
+        _channel_count(ctx, node, label)
+    elif isinstance(index, slice) and 1 in range(ndim)[index] and node.users:
+        ctx.freeze(label, f"{describe(node)} reads the channel count as a value")
+    return None
+
+
+def _channel_count(ctx: Ctx, node: fx.Node, label: Any) -> None:
+    for user in node.users:
+        if not _is_channel_size(user, node):
+            ctx.freeze(label, f"{describe(node)} reads the channel count as a value (used by {describe(user)})")
+            return
+    ctx.counts[node] = label  # each view it sizes must hold these very channels (checked at the end)
+
+
+def _is_channel_size(user: fx.Node, count: fx.Node) -> bool:
+    """Is ``count`` only the dim-1 size of this view / reshape (channels then kept exactly or frozen)?"""
+    if not ((user.op == "call_method" and user.target in ("view", "reshape"))
+            or (user.op == "call_function" and user.target is torch.reshape and len(user.args) == 2)):
+        return False
+    sizes = _sizes(user)
+    return (len(sizes) > 1 and sizes[1] is count and count not in sizes[:1] + sizes[2:]
+            and user.args[0] is not count and not user.kwargs)
+
+
+def _sizes(node: fx.Node) -> list:
+    """The target sizes of a view / reshape call, given as ``*sizes`` or as one tuple."""
+    sizes = node.args[1:]
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = sizes[0]
+    return list(sizes)
+
+
 def _channel_extent(other: Any, out_ndim: int) -> int:
     """How many channels a broadcast operand spans (1 for scalars)."""
     if not isinstance(other, Tensor) or other.dim() == 0:
@@ -253,14 +334,18 @@ def _channel_extent(other: Any, out_ndim: int) -> int:
     return padded[1] if len(padded) > 1 else 1
 
 
-def _has_literal_sizes(node: fx.Node) -> bool:
-    """A view/reshape whose target shape has a literal size besides dim 0 and -1."""
+# reshapes that keep dim 1 whole and only add or merge other dims (``z.view(b, c, 1, 1)``, ``x.flatten(2)``)
+_ADDS_OR_DROPS_DIMS = {"view", "reshape", torch.reshape, "flatten", torch.flatten, "unsqueeze", torch.unsqueeze}
+
+
+def _has_literal_sizes(node: fx.Node, channel_only: bool = False) -> bool:
+    """A view/reshape whose target shape has a literal size besides dim 0 and -1 (at dim 1 only)."""
     if node.target not in ("view", "reshape", torch.reshape):
         return False
     sizes = node.args[1:]
     if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
         sizes = sizes[0]
-    return any(isinstance(s, int) and s != -1 for s in list(sizes)[1:])
+    return any(isinstance(s, int) and s != -1 for s in list(sizes)[1:2 if channel_only else None])
 
 
 # -- the table ------------------------------------------------------------------------------------
@@ -277,5 +362,5 @@ for _target in ops.PAD_FUNCTIONS:
     register_op_handler(_target, _tensor_op(_pad))
 for _target in (*ops.REDUCE_FUNCTIONS, *ops.REDUCE_METHODS):
     register_op_handler(_target, _tensor_op(_reduce))
-for _target in (*ops.SHAPE_METHODS, getattr):
-    register_op_handler(_target, _no_channels)
+for _target in (*ops.SHAPE_METHODS, *_NO_CHANNELS, getattr):
+    register_op_handler(_target, _shape_query)

@@ -11,13 +11,15 @@ conv / BN records that surgery and planning read.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, fx
 
 from slimbench.analysis import handlers, ops
-from slimbench.core.labels import Chan, Full, Label, clear_z, gids, zbit
+from slimbench.core.labels import Chan, Full, Label, channel_codes, clear_z, gids, zbit
 from slimbench.core.rules import BNRecord, ChannelRule, ConvRecord, meta_call, rule_for
 
 __all__ = ["ChannelInterpreter", "label_graph"]
@@ -46,6 +48,10 @@ class ChannelInterpreter(fx.Interpreter):
         self.bns: dict[str, BNRecord] = {}
         self.labels: dict[fx.Node, Any] = {}
         self.merged: set[fx.Node] = set()  # nodes carrying a residual sum or a concat
+        self.shapes: dict[fx.Node, tuple[Any, int]] = {}  # x.shape / x.size() nodes: (x's label, x.dim())
+        self.counts: dict[fx.Node, Any] = {}  # channel counts that only size dim 1 of views: x's label
+        self.count_checks: list[tuple[Any, Any, str]] = []  # (count's label, the view input's label, where)
+        self.recorded: Counter[str] = Counter()  # calls of each module that its rule could follow
         self.inputs: tuple[Tensor, ...] = ()
         self._defaulted: set[str] = set()
 
@@ -55,6 +61,8 @@ class ChannelInterpreter(fx.Interpreter):
         self.env = {}
         with torch.no_grad():
             self.run(*inputs, enable_io_processing=False)
+        self._check_shared_modules()
+        self._check_counts()
         return self
 
     def run_node(self, node: fx.Node) -> Any:
@@ -121,10 +129,40 @@ class ChannelInterpreter(fx.Interpreter):
                 fx.node.map_arg(node.kwargs, self.env.__getitem__))
 
     def record_conv(self, node: fx.Node, rec: ConvRecord) -> None:
-        self.convs[rec.name] = rec
+        """Record a conv / linear call; a module called again couples all its call sites."""
+        self.recorded[rec.name] += 1
+        prev = self.convs.setdefault(rec.name, rec)
+        if prev is rec:
+            return
+        prev.calls += 1
+        if prev.role != rec.role or prev.role == "fixed":
+            self.freeze_gids([prev.in_gids, prev.out_gids, rec.in_gids, rec.out_gids], _called_again(rec.name))
+            prev.fixed_macs += rec.fixed_macs
+            return
+        self.union_gids(prev.in_gids, rec.in_gids)  # one weight: one in-mask and one out-mask for every call
+        self.union_gids(prev.out_gids, rec.out_gids)
+        prev.per_position += rec.per_position  # MACs of every call
 
     def record_bn(self, node: fx.Node, rec: BNRecord) -> None:
-        self.bns[rec.name] = rec
+        """Record a BN call; a BN called again joins the channels of all its call sites."""
+        self.recorded[rec.name] += 1
+        prev = self.bns.setdefault(rec.name, rec)
+        if prev is rec:
+            return
+        prev.calls += 1
+        if prev.selector or rec.selector:
+            self.freeze_gids([prev.gids, prev.in_gids, rec.gids, rec.in_gids], _called_again(rec.name))
+        else:
+            self.union_gids(prev.gids, rec.gids)
+
+    def _check_shared_modules(self) -> None:
+        """A module called more than once, with a call its rule could not follow, is frozen whole."""
+        calls = Counter(n.target for n in self.gm.graph.nodes if n.op == "call_module")
+        for name, rec in (*self.convs.items(), *self.bns.items()):
+            if calls[name] > self.recorded[name]:
+                gids_ = ([rec.in_gids, rec.out_gids] if isinstance(rec, ConvRecord) else [rec.gids, rec.in_gids])
+                self.freeze_gids(gids_, f"{name} is called {calls[name]} times in one forward and "
+                                        "not every call's channels could be followed")
 
     def pointwise_label(self, node: fx.Node, value: Any, keeps_zero: bool) -> Any:
         if node.args[0] in self.merged:
@@ -156,6 +194,17 @@ class ChannelInterpreter(fx.Interpreter):
             return False
         return bool(node.users)
 
+    def _check_counts(self) -> None:
+        """A channel count read from x may only size a view of x's own channels (same classes)."""
+        for count_label, label, where in self.count_checks:
+            a, b = channel_codes(count_label), channel_codes(label)
+            same = a is not None and b is not None and len(a) == len(b) and all(
+                self.find(x) == self.find(y) for x, y in zip(gids(a).tolist(), gids(b).tolist(), strict=True))
+            if not same:
+                reason = f"{where}, whose channels are not the ones counted"
+                self.freeze(count_label, reason)
+                self.freeze(label, reason)
+
     # -- spaces and classes --------------------------------------------------------------------
     def new_space(self, size: int, kind: str, owner: str, z: bool = False, frozen: str | None = None) -> Tensor:
         start = len(self.parent)
@@ -182,6 +231,15 @@ class ChannelInterpreter(fx.Interpreter):
                 if residual:
                     self.residual.update((x, y))
 
+    def union_gids(self, a, b) -> None:
+        self.union(torch.as_tensor(a) * 2, torch.as_tensor(b) * 2, residual=False)
+
+    def freeze_gids(self, arrays, reason: str) -> None:
+        for array in arrays:
+            if array is not None:
+                for g in np.unique(array).tolist():
+                    self.frozen.setdefault(g, reason)
+
     def freeze(self, label: Any, reason: str) -> None:
         for codes in _all_codes(label):
             for g in torch.unique(gids(codes)).tolist():
@@ -207,6 +265,10 @@ class ChannelInterpreter(fx.Interpreter):
         if isinstance(value, (tuple, list)):
             return type(value)(self._fresh(v, owner, reason) for v in value)
         return None
+
+
+def _called_again(name: str) -> str:
+    return f"{name} is called more than once in one forward, in ways that cannot be pruned together"
 
 
 def _all_codes(label: Any):

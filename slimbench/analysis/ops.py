@@ -74,7 +74,7 @@ RESHAPE_FUNCTIONS = {
 }
 RESHAPE_METHODS = {
     "view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze", "chunk", "split",
-    "narrow", "swapaxes", "movedim", "t", "unflatten", "__getitem__",
+    "narrow", "swapaxes", "movedim", "t", "unflatten", "__getitem__", "expand", "expand_as",
 }
 FLATTENS = {torch.flatten, "flatten", nn.Flatten}
 SHAPE_METHODS = {"size", "dim", "numel"}

@@ -1,1 +1,5 @@
-"""The small core every stage and ``thop_ext`` share: inputs, the modules surgery inserts, atomic writes."""
+"""The small core every stage and ``thop_ext`` share.
+
+Inputs, the modules surgery inserts, atomic writes, channel labels and the channel-rule registry
+(``rules``: one rule per module type, for analysis, surgery and counting).
+"""

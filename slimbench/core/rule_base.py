@@ -41,6 +41,7 @@ class ConvRecord:
     groups: int = 1
     per_position: int = 1  # kernel size x output spatial size (x 1 for linear)
     fixed_macs: int = 0
+    calls: int = 1  # call sites in one forward (all coupled)
 
 
 @dataclass
@@ -49,6 +50,7 @@ class BNRecord:
     gids: np.ndarray  # the classes its channels belong to (its output space for a selector)
     selector: bool = False
     in_gids: np.ndarray | None = None  # selectors only: the channels it reads
+    calls: int = 1  # call sites in one forward (all coupled)
 
 
 class LabelContext(Protocol):

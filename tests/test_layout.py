@@ -100,6 +100,12 @@ def test_subpackages_show_the_pipeline():
         assert (ROOT / "slimbench" / package / "__init__.py").is_file()
 
 
+def test_no_module_over_400_lines():
+    long = {str(p.relative_to(ROOT)): n for p in _modules().values()
+            if (n := len(p.read_text().splitlines())) > 400}
+    assert not long
+
+
 def test_help_imports_no_torch():
     code = ("import sys\nfrom slimbench.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")

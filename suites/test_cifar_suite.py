@@ -22,6 +22,8 @@ EXPORTED = {name: next(v for v in variants_for(model_info(name).residual)[::-1] 
 @pytest.mark.parametrize(("name", "variant"), CASES, ids=[v.key(n) for n, v in CASES])
 def test_cifar_case(benchmark, count_baseline, timed, tmp_path, name, variant):
     model, pruned, plan, x = run_case(benchmark, count_baseline, timed, "cifar", name, "cifar10", variant)
+    run = benchmark.extra_info["run"]  # what produced the numbers travels with them
+    assert run["dataset"] == "cifar10" and {"cpu", "threads", "versions", "commit"} <= set(run["environment"])
     if variant == EXPORTED[name]:
         path = export_onnx(pruned, x, tmp_path / "pruned.onnx")
         assert onnx_max_abs_diff(pruned, path, x) < 1e-4

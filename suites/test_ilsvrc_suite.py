@@ -34,6 +34,8 @@ def pytest_generate_tests(metafunc):
 
 def test_ilsvrc12_case(benchmark, count_baseline, timed, tmp_path, name, variant):
     model, pruned, plan, x = run_case(benchmark, count_baseline, timed, "ilsvrc12", name, "ilsvrc12", variant)
+    run = benchmark.extra_info["run"]  # what produced the numbers travels with them
+    assert run["dataset"] == "ilsvrc12" and {"cpu", "threads", "versions", "commit"} <= set(run["environment"])
     if (name, variant.label, variant.ratio) == EXPORTED and not timed:
         path = export_onnx(pruned, x, tmp_path / "pruned.onnx")
         assert onnx_max_abs_diff(pruned, path, x) < 1e-4

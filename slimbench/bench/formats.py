@@ -146,7 +146,8 @@ def run_line(run: dict | None) -> str:
     env = run.get("environment", {})
     versions = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items() if v)
     return (f"run: {env.get('machine', '?')} ({env.get('cpu', '?')}, {env.get('threads', '?')} thread(s)); "
-            f"{versions}; commit {env.get('commit') or 'unknown'}")
+            f"{versions}; commit {env.get('commit') or 'unknown'}"
+            + (" (uncommitted changes)" if env.get("dirty") else ""))
 
 
 def render(rows: Sequence[dict], fmt: str = "table", caption: str = "", run: dict | None = None) -> str:

@@ -29,9 +29,11 @@ def _series(rows: Sequence[dict]) -> dict[tuple[str, str], list[dict]]:
 def _accuracy_panel(ax, series, colors, dataset: str) -> None:
     for i, ((model, method), group) in enumerate(series.items()):
         points = [(r["macs"] / 1e6, 100 * r["accuracy"]) for r in group if r.get("accuracy") is not None]
-        if points:
+        if points:  # hollow markers, shrinking per series, so that equal points stay visible one in another
             ax.plot(*zip(*points, strict=True), marker=_MARKERS[i % len(_MARKERS)], color=colors[i],
-                    linestyle="none" if method == "unpruned" else "-", label=f"{model} {method}", alpha=0.85)
+                    markersize=max(4.0, 11.0 - 1.5 * i), markerfacecolor="none", markeredgewidth=1.5,
+                    linestyle="none" if method == "unpruned" else _LINESTYLES[i % len(_LINESTYLES)],
+                    label=f"{model} {method}", alpha=0.85)
     ax.set(xlabel="MACs per image (M)", ylabel=f"top-1 accuracy, {dataset} test split (%)",
            title="accuracy vs MACs")
 
@@ -54,23 +56,31 @@ def _speedup_panel(ax, series, colors, backends: Sequence[str], labels: Mapping[
     for i, (_model, _method), group in pruned:
         ideal = [(r["ratio"], r["macs_ratio"]) for r in group if r.get("macs_ratio")]
         if ideal:
-            ax.plot(*zip(*ideal, strict=True), color=colors[i], marker="_", markersize=12, linestyle="none",
-                    alpha=0.6)
-    ax.plot([], [], color="gray", marker="_", markersize=12, linestyle="none", label="ideal = MACs ratio")
+            ax.plot(*zip(*ideal, strict=True), color=colors[i], marker="_", markersize=16, markeredgewidth=2,
+                    linestyle="none", alpha=0.6)
+    ax.plot([], [], color="gray", marker="_", markersize=16, markeredgewidth=2, linestyle="none",
+            label="ideal = MACs ratio")
     ax.axhline(1.0, color="black", linewidth=0.8, label="y = 1 (no speedup)")
     ax.set(xlabel="pruned channel ratio", ylabel="speedup vs unpruned (x; bars: IQR)",
            title="speedup vs pruned ratio")
 
 
 def _gamma_panel(ax, gammas: Mapping[str, np.ndarray], thresholds: Mapping[str, Mapping[float, float]]) -> None:
+    # log-spaced |gamma|: sparse training pushes most channels decades below the rest, where the
+    # thresholds lie; on a linear axis they would all sit at 0
+    values_all = np.concatenate([np.abs(v) for v in gammas.values()]) if gammas else np.ones(1)
+    positive = values_all[values_all > 0]
+    low = max(float(positive.min()) if positive.size else 1e-6, 1e-8)
+    bins = np.logspace(np.log10(low), np.log10(max(float(values_all.max()), low) * 1.05), 60)
     for m_index, (model, values) in enumerate(gammas.items()):
         color = f"C{m_index}"
-        ax.hist(np.abs(values), bins=60, alpha=0.6, color=color, label=f"{model} ({values.size} channels)")
+        ax.hist(np.clip(np.abs(values), low, None), bins=bins, alpha=0.6, color=color,
+                label=f"{model} ({values.size} channels)")
         for t_index, (ratio, threshold) in enumerate(sorted(thresholds.get(model, {}).items())):
             ax.axvline(threshold, color=color, linestyle=_LINESTYLES[t_index % len(_LINESTYLES)], linewidth=1,
                        label=f"{model} threshold at ratio {ratio:g}: {threshold:.3g}")
-    ax.set(xlabel="|gamma| (BN scaling factor)", ylabel="channels (log scale)",
-           title="BN |gamma| after sparse training", yscale="log")
+    ax.set(xlabel="|gamma| (BN scaling factor, log scale)", ylabel="channels (log scale)",
+           title="BN |gamma| and network-slimming thresholds", xscale="log", yscale="log")
 
 
 def build_figure(rows: Sequence[dict], gammas: Mapping[str, np.ndarray], *,

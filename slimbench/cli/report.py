@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--train-batch", type=int, default=d.train_batch, help="training batch size")
     parser.add_argument("--gamma-init", type=float, default=d.gamma_init, help="BN gamma before sparse training")
-    parser.add_argument("--train-size", type=int, default=d.train_size, help="digits image size for training")
+    parser.add_argument("--train-size", type=int, default=d.train_size,
+                        help="digits image side for training (default: 8, or 16 / 32 where the model needs more)")
     parser.add_argument("--train-steps", type=int, default=d.train_steps,
                         help="cap on training batches per epoch (smoke runs)")
     parser.add_argument("--finetune-steps", type=int, default=d.finetune_steps,

@@ -44,6 +44,7 @@ def test_rows_cover_every_model_and_variant_with_sane_values(report):
         assert row["dataset"] == "digits" and 0.0 <= row["accuracy"] <= 1.0
         assert row["flops"] > row["macs"] > 0
         assert row["untrained"] is False
+        assert row["train_size"] == {"resnet20": 8, "vgg11": 16}[row["model"]]  # VGG's four pools need 16
         for backend in ("torch", "ort", "openvino"):
             assert row[f"latency_{backend}_ms"] > 0 and row[f"speedup_{backend}_iqr"] >= 0
         if row["method"] != "unpruned":
@@ -189,3 +190,15 @@ def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
 def test_bad_arguments_fail_fast_with_a_clear_message(argv, message, capsys):
     assert main(["report", "--no-progress", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_default_report_demonstrates_network_slimming():
+    """`make report`'s training defaults polarise gamma: network slimming at 0.5 keeps >= 95 % of the
+    unpruned accuracy on the digits (accuracy, not time, is asserted)."""
+    settings = dataclasses.replace(ReportSettings(), ratios=(0.5,), methods=("network_slimming",),
+                                   backends=("torch",), latency_time=0.02, progress=False)
+    report = build_report(settings)
+    accuracy = {r["method"]: r["accuracy"] for r in report.rows}
+    assert accuracy["unpruned"] > 0.9
+    assert accuracy["network_slimming"] >= 0.95 * accuracy["unpruned"]

@@ -7,14 +7,15 @@ import functools
 import torch
 from torch import nn
 
-from slimbench.bench.latency import make_runner, measure, speedup
+from slimbench.bench.latency import available_backends, environment, make_runner, measure, speedup, speedup_iqr
 from slimbench.bench.variants import Variant, apply_variant, param_count
 from slimbench.core.counting import conv_linear_macs
 from slimbench.models import get_model, model_info
 from tests.helpers import assert_equivalent, randomize_bn
 
 # Branches whose last BN sparse training drove to ~0 (deterministic stand-in, so branch removal has work).
-DEAD_BRANCHES = {"resnet56": ["layer3.2.bn2", "layer3.5.bn2", "layer2.7.bn2"]}
+DEAD_BRANCHES = {"resnet56": ["layer3.2.bn2", "layer3.5.bn2", "layer2.7.bn2"],
+                 "resnet50": ["layer2.1.bn3", "layer3.2.bn3", "layer3.4.bn3"]}
 
 
 @functools.lru_cache(maxsize=4)
@@ -36,8 +37,24 @@ def counts(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
     return {"params": param_count(model), "macs": conv_linear_macs(model, x)}
 
 
+@functools.lru_cache(maxsize=1)
+def _environment() -> dict:
+    return environment(threads=1)
+
+
+def run_record(dataset: str) -> dict:
+    """What produced a suite's numbers, for benchmark extra_info: seeded gamma (no training), batch 1,
+    one thread, the example input's seed, and the machine / versions / commit."""
+    return {"dataset": dataset, "input": "seeded random tensor at the data set's shape", "epochs": 0,
+            "steps": 0, "gamma": "seeded uniform(0, 1), not trained", "batch_size": 1,
+            "seed": {"gamma": 0, "input": 1},
+            "environment": _environment()}
+
+
 def run_case(benchmark, count_baseline, timed: bool, suite: str, name: str, dataset: str, variant: Variant):
-    """Prune, check counts and equivalence; under --benchmark also time (ort, 1 thread) with speedups."""
+    """Prune, check counts and equivalence; under --benchmark also time every available latency
+    backend (1 thread) with in-run speedups ``speedup_<backend>`` and their spread ``speedup_<backend>_iqr``
+    (IQR of the per-round ratios, in x) in extra_info."""
     model, x = slimmed_like(name, dataset), example_input(name, dataset)
     pruned, plan = apply_variant(model, x, variant)
     measured = counts(pruned, x)
@@ -46,12 +63,13 @@ def run_case(benchmark, count_baseline, timed: bool, suite: str, name: str, data
         assert measured["macs"] < plan.macs_before
         assert_equivalent(model, x, plan, pruned)
     count_baseline(suite, variant.key(name), **measured)
-    info = dict(measured, flops=_flops(pruned, x), case=variant.key(name))
+    info = dict(measured, flops=_flops(pruned, x), case=variant.key(name), run=run_record(dataset))
     if timed:
-        for backend in ("torch", "ort"):
+        for backend in available_backends():
             runners = {"unpruned": make_runner(backend, model, (x,)), "pruned": make_runner(backend, pruned, (x,))}
             timings = measure(runners, min_time_s=1.0, min_rounds=20)
             info[f"speedup_{backend}"] = speedup(timings["unpruned"], timings["pruned"])
+            info[f"speedup_{backend}_iqr"] = speedup_iqr(timings["unpruned"], timings["pruned"])
             info[f"iqr_fraction_{backend}"] = timings["pruned"].iqr_fraction
         info["macs_ratio"] = conv_linear_macs(model, x) / measured["macs"]
         run = make_runner("ort", pruned, (x,))

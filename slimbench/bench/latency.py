@@ -1,17 +1,23 @@
-"""CPU latency in torch eager, onnxruntime and (when installed) OpenVINO, measured interleaved.
+"""CPU latency on registered backends (torch eager, onnxruntime, OpenVINO), measured interleaved.
 
 Absolute times move 10-30 % between runs and machines; ratios of models timed round-robin in one
 process do not. So ``measure`` takes several runners and times them A, B, ..., B, A, ... until a
 time and count budget is met, and every comparison in this project is a ratio within one call.
 Each sample is the mean over enough back-to-back calls to last ``sample_ms`` (timer resolution
 and scheduler jitter dominate single sub-millisecond calls); the summary is the median and IQR.
+Backends live in a registry (``BACKENDS``): adding one is one ``register_backend`` call, and the
+report's rows, speedup columns and plot, and the suites, loop over the registered, available ones.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib
+import importlib.util
 import math
 import os
+import platform
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,17 +28,115 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from slimbench.core.errors import SlimbenchRuntimeError
 from slimbench.core.inputs import ExampleInputs, as_example_inputs
 
-__all__ = ["Timing", "BackendUnavailable", "BACKENDS", "batch_inputs", "torch_runner", "ort_runner",
-           "openvino_runner", "make_runner", "measure", "time_models", "speedup"]
+__all__ = ["Timing", "Backend", "BackendUnavailable", "BACKENDS", "register_backend", "get_backend",
+           "available_backends", "require_backends", "backend_versions", "environment", "batch_inputs", "torch_runner",
+           "ort_runner", "openvino_runner", "make_runner", "measure", "time_models", "speedup", "speedup_iqr"]
 
-BACKENDS = ("torch", "ort", "openvino")
 Runner = Callable[[], object]
 
 
-class BackendUnavailable(RuntimeError):
-    """An optional latency backend (OpenVINO) is not installed."""
+class BackendUnavailable(SlimbenchRuntimeError):
+    """A registered latency backend whose package is not installed."""
+
+
+def _module_available(module: str) -> Callable[[], bool]:
+    return lambda: importlib.util.find_spec(module) is not None
+
+
+def _module_version(module: str) -> Callable[[], str | None]:
+    def version() -> str | None:
+        if importlib.util.find_spec(module) is None:
+            return None
+        return str(getattr(importlib.import_module(module), "__version__", "unknown"))
+
+    return version
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One latency backend: ``factory(model, inputs, threads)`` returns a runner (one inference).
+
+    ``label`` names its columns in tables and plots; ``available()`` is a cheap check (no import of
+    the runtime) consulted before anything is timed; ``version()`` goes into the report's provenance.
+    """
+
+    name: str
+    label: str
+    factory: Callable[[nn.Module, tuple[Tensor, ...], int], Runner]
+    available: Callable[[], bool] = lambda: True
+    version: Callable[[], str | None] = lambda: None
+    install_hint: str = ""
+    package: str = ""  # the package whose version the provenance records (default: the name)
+
+
+BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend) -> Backend:
+    """Add (or replace) a latency backend; report rows, speedup columns, plots and suites follow."""
+    if not backend.name.isidentifier():
+        raise ValueError(f"backend name {backend.name!r} must be an identifier (it names row keys)")
+    BACKENDS[backend.name] = backend
+    return backend
+
+
+def get_backend(name: str) -> Backend:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown latency backend {name!r}; choose from {', '.join(BACKENDS)}")
+    return BACKENDS[name]
+
+
+def available_backends() -> list[str]:
+    """Registered backends whose package is installed, in registration order."""
+    return [name for name, backend in BACKENDS.items() if backend.available()]
+
+
+def require_backends(names: Sequence[str]) -> list[str]:
+    """``names`` checked: each registered (ValueError) and installed (BackendUnavailable, with the fix)."""
+    for name in names:
+        backend = get_backend(name)
+        if not backend.available():
+            hint = f": {backend.install_hint}" if backend.install_hint else ""
+            raise BackendUnavailable(f"--backends {name}: {backend.label} is not installed{hint}")
+    return list(names)
+
+
+def backend_versions() -> dict[str, str | None]:
+    """Each registered backend's package and its version (None when not installed)."""
+    return {backend.package or name: backend.version() for name, backend in BACKENDS.items()}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git(*args: str) -> str | None:
+    folder = os.path.dirname(os.path.abspath(__file__))
+    try:
+        done = subprocess.run(["git", "-C", folder, *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def environment(threads: int = 1) -> dict:
+    """What a latency number depends on: machine, CPU, threads, runtime versions and the commit
+    (``None`` outside a git checkout; ``dirty`` when the working tree has uncommitted changes)."""
+    commit = _git("rev-parse", "HEAD")
+    return {"machine": platform.node(), "platform": platform.platform(), "cpu": _cpu_model(),
+            "cpu_count": os.cpu_count(), "threads": threads, "python": platform.python_version(),
+            "versions": backend_versions(), "commit": commit,
+            "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")) if commit else None}
 
 
 @dataclass(frozen=True)
@@ -72,6 +176,16 @@ class Timing:
 def speedup(reference: Timing, candidate: Timing) -> float:
     """How many times faster ``candidate`` is than ``reference`` (ratio of medians)."""
     return reference.median_ms / candidate.median_ms
+
+
+def speedup_iqr(reference: Timing, candidate: Timing) -> float:
+    """The spread of a speedup: IQR of the per-round ratios (``measure`` times runners in rounds, so
+    sample i of each runner comes from the same round); same unit as :func:`speedup` (x)."""
+    n = min(len(reference.samples_ms), len(candidate.samples_ms))
+    if n == 0:
+        raise ValueError("speedup_iqr needs timings with samples")
+    ratios = np.asarray(reference.samples_ms[:n]) / np.asarray(candidate.samples_ms[:n])
+    return float(np.quantile(ratios, 0.75) - np.quantile(ratios, 0.25))
 
 
 def batch_inputs(example_inputs: ExampleInputs, batch_size: int = 1) -> tuple[Tensor, ...]:
@@ -116,27 +230,33 @@ def ort_runner(model: nn.Module, inputs: Sequence[Tensor], *, threads: int = 1) 
 
 
 def openvino_runner(model: nn.Module, inputs: Sequence[Tensor], *, threads: int = 1) -> Runner:
-    """One OpenVINO CPU inference; raises BackendUnavailable when openvino is not installed."""
-    try:
-        import openvino as ov
-    except ImportError as error:
-        raise BackendUnavailable("the openvino backend needs `pip install openvino`") from error
+    """One OpenVINO CPU inference of ``model`` converted in memory (``openvino.convert_model``)."""
+    import openvino as ov
+
     frozen = copy.deepcopy(model).eval()
     converted = ov.convert_model(frozen, example_input=tuple(inputs))
-    compiled = ov.Core().compile_model(converted, "CPU", {"INFERENCE_NUM_THREADS": threads})
+    # float32 like the other backends: on CPUs with bf16 support OpenVINO otherwise picks bf16 by itself
+    compiled = ov.Core().compile_model(converted, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                          "INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
     arrays = [t.numpy() for t in inputs]
     return lambda: request.infer(arrays)
 
 
+register_backend(Backend("torch", "torch", lambda m, x, threads: torch_runner(m, x),
+                         version=lambda: torch.__version__))
+register_backend(Backend("ort", "ort", lambda m, x, threads: ort_runner(m, x, threads=threads),
+                         available=_module_available("onnxruntime"), version=_module_version("onnxruntime"),
+                         install_hint="pip install onnxruntime", package="onnxruntime"))
+register_backend(Backend("openvino", "OpenVINO", lambda m, x, threads: openvino_runner(m, x, threads=threads),
+                         available=_module_available("openvino"), version=_module_version("openvino"),
+                         install_hint="pip install 'slimbench[openvino]' (or pip install openvino)"))
+
+
 def make_runner(backend: str, model: nn.Module, inputs: Sequence[Tensor], *, threads: int = 1) -> Runner:
-    if backend == "torch":
-        return torch_runner(model, inputs)
-    if backend == "ort":
-        return ort_runner(model, inputs, threads=threads)
-    if backend == "openvino":
-        return openvino_runner(model, inputs, threads=threads)
-    raise ValueError(f"unknown latency backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    """A runner for ``model`` on the registered ``backend``; BackendUnavailable when it is not installed."""
+    require_backends([backend])
+    return BACKENDS[backend].factory(model, tuple(inputs), threads)
 
 
 def _calibrate(runner: Runner, warmup: int, sample_ms: float, clock: Callable[[], float]) -> int:
@@ -187,16 +307,14 @@ def time_models(models: Mapping[str, nn.Module], example_inputs: ExampleInputs, 
                 **measure_options) -> dict[str, dict[str, Timing]]:
     """Latency of every model on every backend: ``{backend: {model name: Timing}}``.
 
-    Models are interleaved within a backend. A backend that is not installed (OpenVINO) is left out
-    of the result rather than failing the whole comparison.
+    Models are interleaved within a backend. Every backend must be registered and installed
+    (checked before anything is timed): a missing one is a BackendUnavailable naming the fix.
     """
+    require_backends(backends)
     inputs = batch_inputs(example_inputs, batch_size)
     result: dict[str, dict[str, Timing]] = {}
     for backend in backends:
-        try:
-            runners = {name: make_runner(backend, m, inputs, threads=threads) for name, m in models.items()}
-        except BackendUnavailable:
-            continue
+        runners = {name: make_runner(backend, m, inputs, threads=threads) for name, m in models.items()}
         result[backend] = measure(runners, threads=threads, backend=backend, batch_size=batch_size,
                                   **measure_options)
     return result

@@ -1,8 +1,9 @@
 """The pruned variants a benchmark compares, shared by ``slimbench report`` and the suites.
 
 A variant is a method, a ratio and the residual treatment. Which residual treatments make sense
-depends on the family: post-activation ResNets can drop whole residual branches; pre-activation
-ResNets and DenseNets read residual sums / concats through a BN, which channel selection prunes.
+depends on the model's residual style (``ModelInfo.residual``): post-activation ResNets can drop whole
+residual branches; pre-activation ResNets and DenseNets read residual sums / concats through a BN,
+which channel selection prunes.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ __all__ = ["Variant", "UNPRUNED", "METHODS", "DEFAULT_RATIOS", "variants_for", "
 
 METHODS = ("network_slimming", "optimal_thresholding")
 DEFAULT_RATIOS = (0.3, 0.5, 0.7)
-_BRANCH_FAMILIES = ("resnet", "torchvision-resnet")
-_SELECT_FAMILIES = ("preresnet", "densenet")
+# residual style (slimbench.models.RESIDUAL_STYLES) -> the network-slimming variant it adds
+_RESIDUAL_EXTRAS = {"none": None, "post-activation": {"branches": "remove"}, "pre-activation": {"residual": "select"}}
 
 
 @dataclass(frozen=True)
@@ -52,17 +53,20 @@ class Variant:
 UNPRUNED = Variant("unpruned")
 
 
-def variants_for(family: str, *, ratios: Sequence[float] = DEFAULT_RATIOS, methods: Sequence[str] = METHODS,
+def variants_for(residual: str, *, ratios: Sequence[float] = DEFAULT_RATIOS, methods: Sequence[str] = METHODS,
                  extras: bool = True, round_to: int = 1) -> list[Variant]:
-    """The unpruned model, every method x ratio, and the family's residual variants (network slimming)."""
+    """The unpruned model, every method x ratio, and the network-slimming variants that the model's
+    residual style (``ModelInfo.residual``: "none", "post-activation", "pre-activation") adds."""
+    if residual not in _RESIDUAL_EXTRAS:
+        raise ValueError(f"unknown residual style {residual!r}; choose from {', '.join(_RESIDUAL_EXTRAS)} "
+                         "(pass slimbench.models.model_info(name).residual)")
     for r in ratios:
         if not 0.0 < r < 1.0:
             raise ValueError(f"ratio {r} is outside (0, 1); pass ratios such as 0.3 0.5 0.7")
     out = [UNPRUNED] + [Variant(m, r, round_to=round_to) for m in methods for r in ratios]
-    if extras and family in _BRANCH_FAMILIES:
-        out += [Variant("network_slimming", r, branches="remove", round_to=round_to) for r in ratios]
-    if extras and family in _SELECT_FAMILIES:
-        out += [Variant("network_slimming", r, residual="select", round_to=round_to) for r in ratios]
+    extra = _RESIDUAL_EXTRAS[residual]
+    if extras and extra:
+        out += [Variant("network_slimming", r, round_to=round_to, **extra) for r in ratios]
     return out
 
 

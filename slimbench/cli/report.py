@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--train-batch", type=int, default=d.train_batch, help="training batch size")
     parser.add_argument("--gamma-init", type=float, default=d.gamma_init, help="BN gamma before sparse training")
-    parser.add_argument("--train-size", type=int, default=d.train_size, help="digits image size for training")
+    parser.add_argument("--train-size", type=int, default=d.train_size,
+                        help="digits image side for training (default: 8, or 16 / 32 where the model needs more)")
     parser.add_argument("--train-steps", type=int, default=d.train_steps,
                         help="cap on training batches per epoch (smoke runs)")
     parser.add_argument("--finetune-steps", type=int, default=d.finetune_steps,
@@ -35,9 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finetune-lr", type=float, default=d.finetune_lr)
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="latency batch size")
     parser.add_argument("--threads", type=int, default=d.threads, help="torch / onnxruntime intra-op threads")
-    parser.add_argument("--backends", nargs="+", default=list(d.backends), choices=list(BACKENDS))
+    parser.add_argument("--backends", nargs="+", default=list(d.backends), choices=list(BACKENDS),
+                        help="latency backends (registered: %(choices)s; each must be installed)")
     parser.add_argument("--latency-time", type=float, default=d.latency_time, help="seconds of timing per model")
     parser.add_argument("--round-to", type=int, default=d.round_to, help="keep channel counts multiples of N")
+    parser.add_argument("--seed", type=int, default=d.seed, help="seed of training, fine-tuning and inputs")
     parser.add_argument("--format", default="table", choices=list(FORMATS))
     parser.add_argument("--output", help="write the report here (atomically) instead of stdout")
     parser.add_argument("--plot", help="PNG with MACs vs accuracy, latency vs ratio, gamma histogram")
@@ -61,12 +64,13 @@ def run(args: argparse.Namespace) -> int:
         gamma_init=args.gamma_init, train_size=args.train_size, train_steps=args.train_steps,
         finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr, batch_size=args.batch_size,
         threads=args.threads, backends=args.backends, latency_time=args.latency_time, round_to=args.round_to,
-        progress=not args.no_progress)
+        seed=args.seed, progress=not args.no_progress)
     parse_data_option(args.data)  # `--data DIR` without name= gets a hint now, not after training
     _check_destination("--output", args.output)
     _check_destination("--plot", args.plot, ".png")
     report = build_report(settings)
-    text = render(report.rows, args.format, report.caption + f" (report took {report.seconds:.0f} s)")
+    caption = report.caption + f" (report took {report.seconds:.0f} s)"
+    text = render(report.rows, args.format, caption, report.run)
     if args.output and args.output != "-":
         write_text_or_rescue(args.output, text, what="report's results")
     else:
@@ -75,5 +79,21 @@ def run(args: argparse.Namespace) -> int:
         from slimbench.bench.formats import add_derived
         from slimbench.bench.plots import plot_report
 
-        plot_report(add_derived(report.rows), report.gammas, args.plot)
+        plot_report(add_derived(report.rows), report.gammas, args.plot, thresholds=report.thresholds,
+                    caption=_figure_caption(report))
     return 0
+
+
+def _figure_caption(report) -> str:
+    """The data set and training behind the figure, in one line under it."""
+    s = report.run.get("settings", {})
+    if s.get("checkpoint"):
+        how = f"weights from {s['checkpoint']}"
+    elif s.get("epochs"):
+        how = (f"{s['epochs']} epoch(s) of sparse training (s={s['sparsity']:g}, lr {s['lr']:g}), "
+               f"{s['finetune_steps']} fine-tuning steps per pruned model")
+    else:
+        how = "UNTRAINED (--epochs 0): accuracy is chance, gamma ranks nothing"
+    env = report.run.get("environment", {})
+    return (f"data: {s.get('data')}; {how}; latency batch {s.get('latency_batch_size')}, "
+            f"{s.get('threads')} thread(s) on {env.get('cpu', '?')}")

@@ -21,9 +21,6 @@ import torch.distributed as dist
 
 from slimbench.cli._args import add_model_argument, resolve_model_argument
 
-# network slimming's s per family (REFERENCE.md): 1e-4 for VGG, 1e-5 for ResNet / DenseNet
-DEFAULT_SPARSITY = {"vgg": 1e-4, "resnet": 1e-5, "preresnet": 1e-5, "densenet": 1e-5}
-
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, default_out: str) -> None:
     add_model_argument(parser, flag_first=True)
@@ -164,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
             train_loader, test_loader = loaders_for(args, distributed)
             seed_everything(args.seed)
             model = get_model(args.model, args.dataset, num_classes=args.num_classes, checkpoint=args.checkpoint)
-            s = DEFAULT_SPARSITY.get(info.family, 1e-5) if args.sparsity is None else args.sparsity
+            s = info.default_sparsity if args.sparsity is None else args.sparsity
             history = train(model, train_loader, epochs=args.epochs, lr=args.lr, momentum=args.momentum,
                             weight_decay=args.weight_decay, sparsity=s, sparsity_on=args.sparsity_on,
                             milestones=tuple(args.milestones), checkpoint=out, resume=args.resume,

@@ -6,6 +6,7 @@ Every command resolves names here, so a typo gets one answer: the closest name a
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 
 from slimbench.core.errors import SlimbenchValueError
@@ -35,15 +36,30 @@ def _unknown(name: str, dataset: str | None) -> SlimbenchValueError:
         "(e.g. resnet50, mobilenet_v2); see `slimbench models`")
 
 
-def resolve_info(name: str, dataset: str | None = None) -> ModelInfo:
-    """The registry record of ``name`` on ``dataset`` (default: the CIFAR zoo, then torchvision)."""
+def resolve_info(name: str, dataset: str | None = None, *, any_architecture: bool = False) -> ModelInfo:
+    """The registry record of ``name`` on ``dataset`` (default: the CIFAR zoo, then torchvision).
+
+    ``any_architecture``: an architecture registered for another data set is run on ``dataset`` at its
+    shape and class count (ILSVRC12 ResNets on the digits, as ``slimbench report`` does).
+    """
     if dataset is not None and dataset not in DATASETS:
         raise SlimbenchValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
-    for candidate in [dataset] if dataset else ["cifar10", "ilsvrc12"]:
+    if dataset is None:
+        candidates = ["cifar10", "ilsvrc12"]
+    elif any_architecture:
+        candidates = [dataset, *(d for d in ("cifar10", "ilsvrc12") if d != dataset)]
+    else:
+        candidates = [dataset]
+    for candidate in candidates:
         try:
-            return model_info(name, candidate)
+            info = model_info(name, candidate)
         except ValueError:
             continue
+        if dataset is not None and candidate != dataset:
+            data = DATASETS[dataset]
+            info = dataclasses.replace(info, dataset=dataset, input_shape=data.input_shape,
+                                       num_classes=data.num_classes)
+        return info
     raise _unknown(name, dataset)
 
 

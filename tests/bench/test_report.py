@@ -4,15 +4,19 @@ paper numbers beside ours, and clear errors for bad arguments."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
 
 import pytest
 
-from slimbench.bench.formats import PAPER, ROW_KEYS, add_derived, paper_note, render, write_atomic
+from slimbench.bench.formats import ROW_KEYS, add_derived, paper_note, render, write_atomic
+from slimbench.bench.latency import BACKENDS
+from slimbench.bench.plots import build_figure
 from slimbench.bench.report import ReportSettings, build_report
 from slimbench.cli import main
+from slimbench.models import model_info
 
 TINY = ["--epochs", "1", "--train-steps", "4", "--finetune-steps", "2", "--train-size", "16",
         "--latency-time", "0.02", "--ratios", "0.5", "--methods", "network_slimming", "--no-progress"]
@@ -20,9 +24,10 @@ TINY = ["--epochs", "1", "--train-steps", "4", "--finetune-steps", "2", "--train
 
 @pytest.fixture(scope="module")
 def report():
-    """Two models at once (a residual and a plain one), one ratio, a few training steps."""
+    """Two models at once (a residual and a plain one), one ratio, a few training steps, every backend."""
     settings = ReportSettings(models=("resnet20", "vgg11"), ratios=(0.5,), methods=("network_slimming",),
-                              epochs=1, train_steps=4, finetune_steps=2, latency_time=0.02, progress=False)
+                              epochs=1, train_steps=4, finetune_steps=2, latency_time=0.02, progress=False,
+                              backends=("torch", "ort", "openvino"))
     return build_report(settings)
 
 
@@ -38,12 +43,51 @@ def test_rows_cover_every_model_and_variant_with_sane_values(report):
         assert set(ROW_KEYS) <= set(row)
         assert row["dataset"] == "digits" and 0.0 <= row["accuracy"] <= 1.0
         assert row["flops"] > row["macs"] > 0
-        assert row["latency_torch_ms"] > 0 and row["latency_ort_ms"] > 0
+        assert row["untrained"] is False
+        assert row["train_size"] == {"resnet20": 8, "vgg11": 16}[row["model"]]  # VGG's four pools need 16
+        for backend in ("torch", "ort", "openvino"):
+            assert row[f"latency_{backend}_ms"] > 0 and row[f"speedup_{backend}_iqr"] >= 0
         if row["method"] != "unpruned":
             assert row["macs"] < base[row["model"]]["macs"] and row["params"] < base[row["model"]]["params"]
     assert set(report.gammas) == {"resnet20", "vgg11"} and report.gammas["vgg11"].size > 0
     assert "sparse training" in report.caption and "digits" in report.caption
     assert "fine-tuned 2 steps" in report.caption
+    assert set(report.thresholds["resnet20"]) == {0.5} and report.thresholds["resnet20"][0.5] > 0
+
+
+def test_run_record_says_what_produced_the_numbers(report):
+    settings, env = report.run["settings"], report.run["environment"]
+    assert (settings["data"], settings["epochs"], settings["train_steps"], settings["seed"]) == ("digits", 1, 4, 0)
+    assert settings["train_batch"] == 32 and settings["latency_batch_size"] == 1 and env["threads"] == 1
+    assert env["cpu"] and env["machine"] and env["versions"]["openvino"] and env["versions"]["onnxruntime"]
+    data = json.loads(render(report.rows, "json", "cap", report.run))
+    assert data["run"] == json.loads(json.dumps(report.run))
+    text = render(report.rows, "table", "cap", report.run)
+    assert f"torch {env['versions']['torch']}" in text and env["cpu"] in text
+
+
+def test_openvino_reaches_table_speedups_and_plot(report):
+    data = json.loads(render(report.rows, "json"))
+    base, pruned = data["rows"][0], data["rows"][1]
+    assert pruned["speedup_openvino"] == pytest.approx(base["latency_openvino_ms"] / pruned["latency_openvino_ms"])
+    for fmt, header in (("table", "OpenVINO x (IQR)"), ("md", "| OpenVINO x (IQR)")):
+        assert header in render(report.rows, fmt)
+    fig = build_figure(add_derived(report.rows), report.gammas, thresholds=report.thresholds)
+    labels = fig.axes[1].get_legend_handles_labels()[1]
+    assert "resnet20 network_slimming (OpenVINO)" in labels and "ideal = MACs ratio" in labels
+    assert "y = 1 (no speedup)" in labels
+    assert any("threshold at ratio 0.5" in label for label in fig.axes[2].get_legend_handles_labels()[1])
+
+
+def test_every_speedup_line_is_visible(report):
+    """No line hides another: every (variant, backend) series has its own x positions."""
+    fig = build_figure(add_derived(report.rows), report.gammas)
+    series = fig.axes[1].containers  # one errorbar per (pruned variant, backend)
+    assert len(series) == 3 * 3  # resnet20 x2 + vgg11 pruned variants, three backends
+    xs = [tuple(c.lines[0].get_xdata()) for c in series]
+    assert len(set(xs)) == len(xs)
+    assert "speedup" in fig.axes[1].get_title() and "latency" not in fig.axes[1].get_title()
+    assert fig.axes[1].get_ylabel().startswith("speedup") and "digits" in fig.axes[0].get_ylabel()
 
 
 def test_json_has_stable_keys_first_and_derived_columns(report):
@@ -53,15 +97,21 @@ def test_json_has_stable_keys_first_and_derived_columns(report):
         assert list(row)[:len(ROW_KEYS)] == list(ROW_KEYS)
     pruned = data["rows"][1]
     assert pruned["speedup_ort"] == pytest.approx(data["rows"][0]["latency_ort_ms"] / pruned["latency_ort_ms"])
+    assert list(pruned)[len(ROW_KEYS):len(ROW_KEYS) + 4] == ["latency_torch_ms", "iqr_torch", "speedup_torch",
+                                                              "speedup_torch_iqr"]
     assert pruned["macs_reduction"] == pytest.approx(1 - pruned["macs"] / data["rows"][0]["macs"])
 
 
 def test_csv_md_and_table_show_every_row(report):
-    parsed = list(csv.DictReader(io.StringIO(render(report.rows, "csv"))))
+    text = render(report.rows, "csv", "digits, 1 epoch", report.run)
+    assert text.startswith("# digits, 1 epoch\n# run: {")  # the caption where a reader of the file sees it
+    parsed = list(csv.DictReader(line for line in io.StringIO(text) if not line.startswith("#")))
     assert [r["model"] for r in parsed] == [r["model"] for r in report.rows]
     assert list(parsed[0])[:len(ROW_KEYS)] == list(ROW_KEYS)
     md = render(report.rows, "md", "caption text")
-    assert md.startswith("caption text") and md.count("\n| resnet20") == 3 and "| ort x" in md
+    assert md.startswith("caption text") and md.count("\n| resnet20") == 3 and "| ort x (IQR)" in md
+    pruned = add_derived(report.rows)[1]
+    assert f"{pruned['speedup_ort']:.2f}x ({pruned['speedup_ort_iqr']:.2f})" in md  # each speedup with its spread
     table = render(report.rows, "table")
     assert "vgg11" in table and "network_slimming+branch-removal" in table
     with pytest.raises(ValueError, match="unknown report format 'xml'"):
@@ -76,19 +126,43 @@ def test_paper_numbers_appear_beside_ours_where_the_paper_has_them():
              "dataset": "digits", "latency_torch_ms": 1.0, "latency_ort_ms": 1.0}
             for m, r, p in (("unpruned", 0.0, 10), ("network_slimming+channel-selection", 0.7, 5))]
     derived = add_derived(rows)
-    assert derived[1]["paper"].startswith(f"{PAPER[('densenet40', 0.7)][0] / 1e6:.2f}M")
+    paper = model_info("densenet40").paper_result(0.7)  # the paper's numbers live on ModelInfo
+    assert derived[1]["paper"].startswith(f"{paper.params / 1e6:.2f}M") and paper.error == 5.65
     assert "paper (NS, Table 1)" in render(rows, "table") and "err 5.65 %" in render(rows, "md")
 
 
 def test_cli_writes_json_atomically_and_a_png_plot(tmp_path, capsys):
+    """A torchvision ResNet (resnet18, run on the digits): branch-removal rows, OpenVINO in the file."""
     out, plot = tmp_path / "report.json", tmp_path / "report.png"
-    assert main(["report", "--models", "resnet20", *TINY, "--format", "json", "--output", str(out),
-                 "--plot", str(plot)]) == 0
+    assert main(["report", "--models", "resnet18", *TINY, "--backends", "torch", "openvino", "--format", "json",
+                 "--output", str(out), "--plot", str(plot)]) == 0
     assert capsys.readouterr().out == ""  # --output replaces stdout
-    rows = json.loads(out.read_text())["rows"]
+    data = json.loads(out.read_text())
+    rows = data["rows"]
     assert [r["method"] for r in rows] == ["unpruned", "network_slimming", "network_slimming+branch-removal"]
+    assert rows[1]["speedup_openvino"] > 0 and data["run"]["settings"]["backends"] == ["torch", "openvino"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
     assert sorted(os.listdir(tmp_path)) == ["report.json", "report.png"]  # no temporary files left
+
+
+def test_untrained_runs_are_flagged_in_the_rows(capsys):
+    assert main(["report", "--models", "vgg11", *TINY, "--epochs", "0", "--backends", "torch",
+                 "--format", "csv"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("# vgg11: untrained (--epochs 0)")
+    rows = list(csv.DictReader(line for line in io.StringIO(text) if not line.startswith("#")))
+    assert {r["untrained"] for r in rows} == {"True"}
+    row = {"model": "vgg11", "method": "unpruned", "ratio": 0.0, "params": 1, "macs": 1, "flops": None,
+           "accuracy": 0.1, "dataset": "digits", "untrained": True}
+    assert "vgg11 [untrained]" in render([row]) and "vgg11 [untrained]" in render([row], "md")
+
+
+def test_a_missing_backend_is_refused_before_the_run(monkeypatch, capsys):
+    # absence simulated through the registry's availability check, as an uninstalled package reads
+    monkeypatch.setitem(BACKENDS, "openvino", dataclasses.replace(BACKENDS["openvino"], available=lambda: False))
+    assert main(["report", "--models", "resnet20", *TINY, "--backends", "torch", "openvino"]) == 2
+    err = capsys.readouterr().err
+    assert "--backends openvino: OpenVINO is not installed" in err and "pip install" in err
 
 
 def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
@@ -111,7 +185,20 @@ def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
     (["--output", "/no/such/folder/r.json"], "--output /no/such/folder/r.json: folder"),
     (["--plot", "report.pdf"], "expected a .png"),
     (["--models", "resnet20", "vgg11", "--checkpoint", "w.pt"], "--checkpoint applies to one model"),
+    (["--models", "resnet20", "resnet20"], "--models lists resnet20 more than once"),
 ])
 def test_bad_arguments_fail_fast_with_a_clear_message(argv, message, capsys):
     assert main(["report", "--no-progress", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_default_report_demonstrates_network_slimming():
+    """`make report`'s training defaults polarise gamma: network slimming at 0.5 keeps >= 95 % of the
+    unpruned accuracy on the digits (accuracy, not time, is asserted)."""
+    settings = dataclasses.replace(ReportSettings(), ratios=(0.5,), methods=("network_slimming",),
+                                   backends=("torch",), latency_time=0.02, progress=False)
+    report = build_report(settings)
+    accuracy = {r["method"]: r["accuracy"] for r in report.rows}
+    assert accuracy["unpruned"] > 0.9
+    assert accuracy["network_slimming"] >= 0.95 * accuracy["unpruned"]

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 import slimbench
+from slimbench.bench.variants import variants_for
 from slimbench.core.modules import MaskedBatchNorm
-from slimbench.models import get_model, list_models, model_info
+from slimbench.models import RESIDUAL_STYLES, PaperResult, get_model, list_models, model_info
 from slimbench.models.resnet_cifar import DEFAULT_SHORTCUT, PadShortcut
+from slimbench.models.resolve import resolve_info
 from slimbench.models.vgg import VGG_CONFIGS
 
 from helpers import assert_equivalent, conv_linear_macs, randomize_bn
@@ -227,3 +229,55 @@ def test_models_cli_lists_names_and_default_shortcut(capsys):
     out = capsys.readouterr().out
     assert "resnet164" in out and "densenet40" in out and "option A" in out
     assert "resnet18" not in out
+
+
+@pytest.mark.parametrize(("name", "dataset", "residual", "sparsity"), [
+    ("vgg19", "cifar10", "none", 1e-4), ("resnet56", "cifar10", "post-activation", 1e-5),
+    ("resnet164", "cifar10", "pre-activation", 1e-5), ("densenet40", "digits", "pre-activation", 1e-5),
+    ("resnet18", "ilsvrc12", "post-activation", 1e-5), ("resnet50", "ilsvrc12", "post-activation", 1e-5),
+    ("wide_resnet50_2", "ilsvrc12", "post-activation", 1e-5), ("densenet121", "ilsvrc12", "pre-activation", 1e-5),
+    ("vgg16_bn", "ilsvrc12", "none", 1e-5), ("mobilenet_v2", "ilsvrc12", "none", 1e-5),
+])
+def test_model_info_carries_residual_style_and_default_sparsity(name, dataset, residual, sparsity):
+    info = model_info(name, dataset)
+    assert (info.residual, info.default_sparsity) == (residual, sparsity)
+    assert info.residual in RESIDUAL_STYLES
+
+
+def test_paper_numbers_live_on_model_info():
+    assert model_info("vgg19").paper_result(0.7) == PaperResult(0.7, 2.30e6, 3.91e8, 6.20)
+    assert model_info("resnet164", "cifar100").paper_result(0.4).error == 5.08
+    assert model_info("resnet56").paper == () and model_info("resnet50", "ilsvrc12").paper_result(0.0) is None
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_torchvision_resnets_get_branch_removal_variants(name):
+    labels = {v.label for v in variants_for(model_info(name, "ilsvrc12").residual)}
+    assert "network_slimming+branch-removal" in labels
+    assert {v.label for v in variants_for(model_info("densenet121", "ilsvrc12").residual)} >= {
+        "network_slimming+channel-selection"}
+    with pytest.raises(ValueError, match="unknown residual style 'resnet'"):
+        variants_for("resnet")  # family strings are not residual styles
+
+
+def test_branch_removal_on_a_torchvision_resnet_removes_dead_branches():
+    model = randomize_bn(get_model("resnet18", "ilsvrc12"))
+    with torch.no_grad():
+        for bn in ("layer2.1.bn2", "layer3.1.bn2"):  # what sparse training does to a useless block
+            model.get_submodule(bn).weight.mul_(1e-3)
+    x = torch.randn(1, 3, 64, 64)
+    variant = next(v for v in variants_for(model_info("resnet18", "ilsvrc12").residual) if v.branches == "remove")
+    plan = slimbench.plan(model, x, **variant.plan_options())
+    assert set(plan.branches) == {"layer2.1.bn2", "layer3.1.bn2"}
+    assert_equivalent(model, x, plan)
+
+
+def test_one_resolver_for_cli_and_report():
+    assert resolve_info("resnet50").dataset == "ilsvrc12"  # without a data set: cifar10, then ilsvrc12
+    on_digits = resolve_info("resnet18", "digits", any_architecture=True)  # what slimbench report runs
+    assert (on_digits.dataset, on_digits.input_shape, on_digits.num_classes) == ("digits", (3, 32, 32), 10)
+    assert on_digits.residual == "post-activation"
+    with pytest.raises(ValueError, match="dataset='ilsvrc12'"):
+        resolve_info("resnet18", "digits")
+    with pytest.raises(ValueError, match="did you mean 'resnet56'"):
+        resolve_info("resnet65", "digits", any_architecture=True)

@@ -177,10 +177,13 @@ def run_case(case: Case, *, ratio: float = 0.5, seed: int | None = None, max_par
     start = time.perf_counter()
     try:
         torch.set_num_threads(1)
+        if max_params:  # counted on the meta device first: building a huge model for real takes minutes
+            with torch.device("meta"):
+                record["params"] = sum(p.numel() for p in _build(case, seed).parameters())
+            if record["params"] > max_params:
+                raise _Skip(f"{record['params'] / 1e6:.0f}M parameters > --max-params")
         model = _build(case, seed).eval()
         record["params"] = sum(p.numel() for p in model.parameters())
-        if max_params and record["params"] > max_params:
-            raise _Skip(f"{record['params'] / 1e6:.0f}M parameters > --max-params")
         record["has_bn"] = _randomize_bn(model, seed) > 0
         size = _input_size(model, case)
         record["input"] = [3, size, size]

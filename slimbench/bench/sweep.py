@@ -145,8 +145,10 @@ class _Worker:
 
 
 def run_sweep(cases: list[Case], *, ratio: float = 0.5, timeout: float = 300.0, max_params: int = 400_000_000,
-              log: Path | None = None, progress: bool = True) -> list[dict]:
-    """Run every case in a worker process, one at a time, with ``timeout`` seconds for each."""
+              log: Path | None = None, progress: bool = True, on_record=None) -> list[dict]:
+    """Run every case in a worker process, one at a time, with ``timeout`` seconds for each.
+
+    ``on_record(records)`` is called after each model (main writes the partial results with it)."""
     from tqdm import tqdm
 
     records, worker = [], None
@@ -166,6 +168,8 @@ def run_sweep(cases: list[Case], *, ratio: float = 0.5, timeout: float = 300.0, 
                           "reason": f"over {timeout:.0f} s" if timed_out else f"the worker process died (exit {code})",
                           "seconds": time.perf_counter() - start}
             records.append(record)
+            if on_record is not None:
+                on_record(records)
     finally:
         if worker is not None:
             worker.close()
@@ -259,14 +263,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.models:
             wanted = set(args.models.split(","))
             cases = [c for c in cases if c.name in wanted]
-    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    records = run_sweep(cases, ratio=args.ratio, timeout=args.timeout, max_params=args.max_params,
-                        log=args.out.parent / "worker.log")
     from slimbench.core.atomic import atomic_write_text
 
-    meta = {"started": started, "models": len(records), "ratio": args.ratio, "timeout_s": args.timeout}
-    atomic_write_text(args.out, json.dumps({"meta": meta, "summary": summary_counts(records), "records": records},
-                                           indent=1))
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    meta = {"started": started, "models": len(cases), "ratio": args.ratio, "timeout_s": args.timeout}
+
+    def write(records: list[dict]) -> None:  # after every model: a partial run still leaves its results
+        data = {"meta": {**meta, "done": len(records)}, "summary": summary_counts(records), "records": records}
+        atomic_write_text(args.out, json.dumps(data, indent=1))
+
+    records = run_sweep(cases, ratio=args.ratio, timeout=args.timeout, max_params=args.max_params,
+                        log=args.out.parent / "worker.log", on_record=write)
     if str(args.doc):
         atomic_write_text(args.doc, render_markdown(records, ratio=args.ratio, meta=meta))
     print(json.dumps(summary_counts(records)))

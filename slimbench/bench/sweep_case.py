@@ -5,6 +5,8 @@ See :mod:`slimbench.bench.sweep` for the categories and the driver.
 
 from __future__ import annotations
 
+import ast
+import functools
 import json
 import sys
 import time
@@ -138,13 +140,30 @@ def _compare(pruned, reference, x) -> float:
 
 
 def _is_refusal(exc: BaseException) -> bool:
-    """A deliberate error: slimbench's own type, or a ValueError/RuntimeError raised from slimbench's code."""
+    """A deliberate error: slimbench's own type, or a ValueError/RuntimeError/TypeError that a ``raise``
+    statement in slimbench's code raised (a numpy or torch error surfacing at a slimbench line is not)."""
     if type(exc).__module__.startswith("slimbench"):
         return True
     if not isinstance(exc, (ValueError, RuntimeError, TypeError)) or not str(exc).strip():
         return False
     frames = traceback.extract_tb(exc.__traceback__)
-    return bool(frames) and frames[-1].filename.startswith(_SLIMBENCH_DIR)
+    return bool(frames) and frames[-1].filename.startswith(_SLIMBENCH_DIR) and _is_raise(
+        frames[-1].filename, frames[-1].lineno)
+
+
+@functools.lru_cache(maxsize=64)
+def _raise_lines(filename: str) -> frozenset[int]:
+    """Every line that belongs to a ``raise`` statement of a source file."""
+    tree = ast.parse(Path(filename).read_text())
+    return frozenset(line for node in ast.walk(tree) if isinstance(node, ast.Raise)
+                     for line in range(node.lineno, (node.end_lineno or node.lineno) + 1))
+
+
+def _is_raise(filename: str, lineno: int | None) -> bool:
+    try:
+        return lineno in _raise_lines(filename)
+    except (OSError, SyntaxError):
+        return False
 
 
 def _reason(exc: BaseException) -> str:

@@ -95,6 +95,17 @@ def test_unexpected_exceptions_crash_deliberate_ones_refuse(monkeypatch):
     monkeypatch.setattr(slimbench, "prune", torch_error)
     assert run_case(RESNET18)["category"] == "CRASH"
 
+    def numpy_error_at_a_slimbench_line(model, x, **kw):  # not a raise statement: an internal error leaking
+        import numpy as np
+
+        from slimbench.pruning.criteria import global_threshold
+
+        return global_threshold(np.ones(3), np.ones(3, bool), "half")
+
+    monkeypatch.setattr(slimbench, "prune", numpy_error_at_a_slimbench_line)
+    record = run_case(RESNET18)
+    assert record["category"] == "CRASH" and record["error"].startswith("criteria.py:")
+
 
 def test_pruned_model_that_fails_to_run_is_a_crash(monkeypatch):
     real = slimbench.prune

@@ -183,8 +183,11 @@ def _macs(model, x) -> int:
     return int(result.macs if hasattr(result, "macs") else result[0])
 
 
-def run_case(case: Case, *, ratio: float = 0.5, seed: int | None = None, max_params: int = 0) -> dict:
-    """Prune one model and classify the outcome (see the module docstring); never raises."""
+def run_case(case: Case, *, ratio: float = 0.5, seed: int | None = None, max_params: int = 0,
+             plan_options: dict | None = None) -> dict:
+    """Prune one model and classify the outcome (see the module docstring); never raises.
+
+    ``plan_options`` (e.g. ``{"residual": "shared"}``) go to ``slimbench.plan``; none: the defaults."""
     import torch
 
     import slimbench
@@ -215,7 +218,7 @@ def run_case(case: Case, *, ratio: float = 0.5, seed: int | None = None, max_par
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            plan = slimbench.plan(model, x, ratio=ratio)
+            plan = slimbench.plan(model, x, ratio=ratio, **(plan_options or {}))
             stage = "prune"
             pruned = slimbench.prune(model, x, plan=plan)
         plan = next((v for v in vars(pruned).values() if isinstance(v, slimbench.PruningPlan)), plan)
@@ -260,6 +263,7 @@ def worker_loop() -> None:
     sys.stdout = sys.stderr  # model code that prints must not interleave with the records
     for line in sys.stdin:
         job = json.loads(line)
-        record = run_case(Case(**job["case"]), ratio=job["ratio"], max_params=job["max_params"])
+        record = run_case(Case(**job["case"]), ratio=job["ratio"], max_params=job["max_params"],
+                          plan_options=job.get("plan_options"))
         out.write(_MARK + json.dumps(record) + "\n")
         out.flush()

@@ -45,6 +45,13 @@ def resnet18_baseline():
     return run_case(RESNET18)
 
 
+def test_plan_options_reach_the_plan(resnet18_baseline):
+    keep = run_case(RESNET18, plan_options={"residual": "keep"})
+    shared = run_case(RESNET18, plan_options={"residual": "shared"})
+    assert keep["category"] == shared["category"] == "pruned"
+    assert shared["kept"] < keep["kept"] - 0.1  # coupled residual groups pruned too
+
+
 def test_wrong_outputs_are_caught(monkeypatch, resnet18_baseline):
     real = slimbench.prune
 

@@ -129,6 +129,9 @@ def test_pruned_model_that_fails_to_run_is_a_crash(monkeypatch):
 
 def test_too_large_and_unbuildable_models_are_skipped():
     assert run_case(RESNET18, max_params=1000)["category"] == "skipped"
+    # a model whose builder cannot run on the meta device is built for real, not skipped
+    regnet = run_case(Case("torchvision", "regnet_x_400mf", "torchvision"), max_params=10**9)
+    assert regnet["category"] == "pruned"
     record = run_case(Case("torchvision", "no_such_model", "torchvision"))
     assert record["category"] == "skipped" and record["reason"].startswith("model:")
 

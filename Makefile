@@ -4,13 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.slimbench-installed
 
-.PHONY: report test bench lint baselines clean
+.PHONY: report test bench lint baselines sweep clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install --quiet -e '.[test,dev,openvino]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev,openvino,sweep]'
 	touch $(STAMP)
 
 report: $(STAMP)
@@ -22,6 +22,11 @@ test: $(STAMP)
 # Timed suites (pytest-benchmark); see README "Benchmarks".
 bench: $(STAMP)
 	$(BIN)/python -m pytest suites --benchmark -q
+
+# The wide sweep (minutes, not part of test): every torchvision classifier and >= 160 timm models,
+# pruned at ratio 0.5 and verified; writes docs/compatibility.md and build/sweep/results.json.
+sweep: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m slimbench.bench.sweep
 
 baselines: $(STAMP)
 	$(BIN)/python -m pytest suites -q --update-baselines

@@ -3,16 +3,21 @@
 A module's rule is its channel rule in ``slimbench.core.rules`` (looked up along the MRO: plain
 thop looks up ``type(m)`` exactly, so a subclass of ``nn.Conv2d`` counts 0 there); its
 ``count_as`` says which counting below applies (``conv``, ``linear``, ``batchnorm``, ``gather``),
-so a user's module registered with ``ConvRule`` is counted as a conv. Each rule has two halves:
-:func:`static_counts` reads the weights once, before the forward pass, and :func:`call_counts`
-turns one call's input/output shapes into MACs and FLOPs.
+so a user's module registered with ``ConvRule`` is counted as a conv. RNNs use thop's own rules.
+Each rule has two halves: :func:`static_counts` reads the weights once, before the forward pass, and
+:func:`call_counts` turns one call's input/output shapes into MACs and FLOPs.
 
-Live weights (``skip_zero=True``):
+Liveness is structural (``skip_zero=True``): whole channels are the unit, never single weights,
+so a weight that happens to be exactly 0.0 changes nothing.
 
-- conv / linear: a kernel slice ``weight[o, i]`` (for linear, one scalar) is live when any of its
-  entries is non-zero; an output channel is live when its row has a live slice or a non-zero
-  bias, and its bias entry then counts.
-- batch norm (``MaskedBatchNorm`` included): a channel is live unless both gamma and beta are 0.
+- conv / linear: an output channel is dead when its whole out-slice ``weight[o]`` is zero; an input
+  channel is dead when its whole in-slice ``weight[:, i]`` is zero (per group for a grouped conv).
+  The live kernel slices are live outputs x live inputs (in each group); a bias entry counts when
+  its output channel is live or the bias entry itself is non-zero. A removed (all-zero) branch
+  has no live channel, so it counts 0.
+- batch norm (``MaskedBatchNorm`` included): a channel is dead when both gamma and beta are 0.
+- RNNs (``nn.RNN`` / ``GRU`` / ``LSTM`` and their cells): thop's own rules (``thop.rnn_hooks``),
+  whatever the weights; FLOPs are 2 x those MACs.
 """
 
 from __future__ import annotations
@@ -21,11 +26,14 @@ from dataclasses import dataclass
 from math import prod
 
 import torch
+from thop.profile import register_hooks as _thop_hooks
 from torch import Tensor, nn
 
 from slimbench.core.rules import rule_for
 
 __all__ = ["StaticCounts", "has_rule", "static_counts", "call_counts"]
+
+RNN_TYPES = (nn.RNNBase, nn.RNNCellBase)
 
 
 @dataclass(frozen=True)
@@ -49,22 +57,19 @@ def _count_as(module: nn.Module) -> str | None:
 
 
 def has_rule(module: nn.Module) -> bool:
-    return _count_as(module) is not None
+    return _count_as(module) is not None or isinstance(module, RNN_TYPES)
 
 
-def _live_slices(weight: Tensor) -> Tensor:
-    """Bool (out, in) map: which kernel slices hold a non-zero entry."""
-    flat = weight.detach().reshape(weight.shape[0] * weight.shape[1], -1)
-    live = flat.ne(0) if flat.shape[1] == 1 else flat.ne(0).any(1)
-    return live.reshape(weight.shape[0], weight.shape[1])
-
-
-def _live_outputs(module: nn.Module, live: Tensor) -> Tensor:
-    """Which output channels have a live slice (a transposed conv stores (in, out / groups, ...))."""
-    if getattr(module, "transposed", False):
-        groups = module.groups
-        return live.reshape(groups, live.shape[0] // groups, live.shape[1]).any(1).flatten()
-    return live.any(1)
+def _grouped_liveness(module: nn.Module, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """(live output rows, live input columns) per group: bool tensors of shape (groups, out/groups)
+    and (groups, in/groups). A row (column) is live when its whole out-slice (in-slice) is not zero."""
+    groups = getattr(module, "groups", 1) if weight.dim() > 2 else 1
+    nonzero = weight.detach().ne(0).flatten(2).any(2)  # (dim0, dim1): which kernel slices hold a non-zero
+    if getattr(module, "transposed", False):  # stored (in, out / groups, ...)
+        nonzero = nonzero.reshape(groups, -1, nonzero.shape[1]).transpose(1, 2)
+    else:  # stored (out, in / groups, ...)
+        nonzero = nonzero.reshape(groups, -1, nonzero.shape[1])
+    return nonzero.any(2), nonzero.any(1)
 
 
 def _own_numel(module: nn.Module) -> int:
@@ -80,12 +85,11 @@ def static_counts(module: nn.Module, skip_zero: bool) -> StaticCounts:
             if weight.dim() == 2:
                 weight = weight.unsqueeze(-1)
             kernel = prod(weight.shape[2:])
-            # one counting pass decides the common case: a dense weight has every slice live
+            # one counting pass decides the common case: a dense weight has every channel live
             if skip_zero and int(torch.count_nonzero(weight)) < weight.numel():
-                live = _live_slices(weight)
-                slices = int(live.sum())
-                live_rows = _live_outputs(module, live)
-                live_rows = live_rows if bias is None else live_rows | bias.ne(0)
+                rows, cols = _grouped_liveness(module, weight)
+                slices = int((rows.sum(1) * cols.sum(1)).sum())
+                live_rows = rows.flatten() if bias is None else rows.flatten() | bias.ne(0)
                 live_bias = 0 if bias is None else int(live_rows.sum())
             else:
                 slices = weight.shape[0] * weight.shape[1]
@@ -137,4 +141,28 @@ def call_counts(module: nn.Module, counts: StaticCounts, inputs: tuple, output) 
     if kind == "batchnorm":
         per_channel = y.numel() // max(y.shape[1], 1) if y.dim() > 1 else 1
         return 0, 2 * counts.live_channels * per_channel
+    if isinstance(module, RNN_TYPES):
+        macs = _thop_rnn_ops(module, inputs, output)
+        return macs, 2 * macs
     return 0, 0  # ChannelSelection only gathers
+
+
+class _Tally:
+    """Stands in for a module in a thop rule: reads go to the module, ``total_ops`` stays here."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.__dict__["_module"] = module
+        self.total_ops = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self._module, name)
+
+
+def _thop_rnn_ops(module: nn.Module, inputs: tuple, output) -> int:
+    """thop's own count for an RNN module (its rule for the nearest registered base class)."""
+    rule = next((_thop_hooks[cls] for cls in type(module).__mro__ if cls in _thop_hooks), None)
+    if rule is None:
+        return 0
+    tally = _Tally(module)
+    rule(tally, inputs, output)
+    return int(tally.total_ops)

@@ -8,6 +8,7 @@ import pytest
 import thop
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -31,19 +32,43 @@ def test_conv_subclass_counted_where_plain_thop_counts_zero():
     assert result.layer("0").output_shape == (1, 4, 8, 8)
 
 
-def test_zero_kernel_slices_do_not_count():
+def test_zero_channels_do_not_count_single_zeros_do():
+    """Liveness is structural: a whole out-slice or in-slice of zeros is a dead channel; lone zeros are not."""
     conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
     with torch.no_grad():
-        conv.weight[1].zero_()  # a whole output channel: 3 slices
-        conv.weight[0, 2].zero_()  # one (out, in) slice
-        conv.weight[2, 0, 1, 1] = 0  # one entry of a live slice: the slice stays live
+        conv.weight[1].zero_()  # a whole output channel
+        conv.weight[:, 0].zero_()  # a whole input channel
+        conv.weight[0, 2].zero_()  # one (out, in) slice of live channels: still counted
+        conv.weight[2, 1, 1, 1] = 0  # one entry: still counted
     result = thop_ext.profile(conv, (3, 8, 8))
-    live_slices = 12 - 3 - 1
+    live_slices = 3 * 2  # live outputs x live inputs
     assert result.macs == live_slices * 9 * 64
     assert result.params == live_slices * 9
     plain = thop_ext.profile(conv, (3, 8, 8), skip_zero=False)
     assert plain.macs == 12 * 9 * 64
     assert plain.params == sum(p.numel() for p in conv.parameters())
+
+
+def test_grouped_conv_liveness_is_per_group():
+    conv = nn.Conv2d(4, 4, 3, padding=1, groups=2, bias=False)  # weight (4, 2, 3, 3)
+    with torch.no_grad():
+        conv.weight[0].zero_()  # output 0 (group 0) dead
+        conv.weight[2:, 1].zero_()  # input 3 (second input of group 1) dead
+    result = thop_ext.profile(conv, (4, 8, 8))
+    assert result.params == (1 * 2 + 2 * 1) * 9  # group 0: 1 out x 2 in; group 1: 2 out x 1 in
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg11_bn"])
+def test_unpruned_params_equal_numel_whatever_single_weights_are_zero(name):
+    """A freshly initialised weight that happens to be exactly 0.0 must not change the count."""
+    model = getattr(torchvision.models, name)().eval()
+    convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        for i, module in enumerate([convs[0], convs[len(convs) // 2], convs[-2], convs[-1]]):
+            module.weight.view(-1)[7 * i + 3] = 0.0
+    result = thop_ext.profile(model, (3, 32, 32))
+    assert result.params == sum(p.numel() for p in model.parameters())
+    assert result.macs == thop_ext.profile(model, (3, 32, 32), skip_zero=False).macs
 
 
 def test_linear_zero_rows_and_bias():
@@ -281,3 +306,39 @@ def test_value_dependent_forward_falls_back_to_the_real_pass(monkeypatch):
     monkeypatch.setattr(sys.modules["thop_ext.profile"], "_META_WORTH_IT", 0)
     assert sys.modules["thop_ext.profile"]._worth_meta(model, (torch.zeros(1, 3, 8, 8),))
     assert _rows(thop_ext.profile(model, (3, 8, 8))) == _rows(real)
+
+
+class Tagger(nn.Module):
+    """An LSTM tagger: the recurrent layers, then a linear head on every step."""
+
+    def __init__(self, rnn: nn.Module) -> None:
+        super().__init__()
+        self.rnn = rnn
+        self.head = nn.Linear(rnn.hidden_size * (2 if rnn.bidirectional else 1), 5)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0])
+
+
+@pytest.mark.parametrize("rnn", [nn.LSTM(16, 32, num_layers=2, batch_first=True),
+                                 nn.LSTM(8, 12, bidirectional=True), nn.GRU(8, 12), nn.RNN(8, 12, bias=False)],
+                         ids=["lstm2", "bilstm", "gru", "rnn"])
+def test_rnn_macs_follow_thops_rnn_rules(rnn):
+    x = torch.randn(3, 7, rnn.input_size)
+    thop_macs, _ = thop.profile(nn.Sequential(copy.deepcopy(rnn)), (x,), verbose=False)
+    result = thop_ext.profile(Tagger(rnn), x)
+    assert thop_macs > 0
+    assert result.layer("rnn").macs == int(thop_macs)
+    assert result.macs == int(thop_macs) + result.layer("head").macs
+    assert result.params == sum(p.numel() for p in Tagger(rnn).parameters())
+
+
+def test_lstm_cell_and_subclass_use_thops_rules():
+    class MyLSTM(nn.LSTM):
+        pass
+
+    cell, sub = nn.LSTMCell(8, 12), MyLSTM(8, 12)
+    x = torch.randn(4, 8)
+    assert thop_ext.profile(cell, x).macs == int(thop.profile(cell, (x,), verbose=False)[0]) > 0
+    seq = torch.randn(5, 4, 8)
+    assert thop_ext.profile(sub, seq).macs == int(thop.profile(nn.LSTM(8, 12), (seq,), verbose=False)[0]) > 0

@@ -10,7 +10,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.flop_counter import FlopCounterMode
 
 import slimbench
-from slimbench.bench.latency import make_runner, measure, speedup
+from slimbench.bench.latency import make_runner
+from slimbench.bench.regression import speedup_info
 from slimbench.bench.variants import Variant, apply_variant, param_count
 from slimbench.models import get_model, model_info
 
@@ -59,7 +60,8 @@ def assert_matches_zeroed(model: nn.Module, pruned: nn.Module, plan, x: torch.Te
 
 
 def run_case(benchmark, count_baseline, timed: bool, suite: str, name: str, dataset: str, variant: Variant):
-    """Prune, check counts and equivalence; under --benchmark also time (ort, 1 thread) with speedups."""
+    """Prune, check counts and equivalence; under --benchmark also time (ort, 1 thread) with in-run
+    speedups, judged against (or, with --update-baselines, recorded into) the baselines' ratios."""
     model, x = slimmed_like(name, dataset), example_input(name, dataset)
     pruned, plan = apply_variant(model, x, variant)
     measured = counts(pruned, x)
@@ -70,15 +72,13 @@ def run_case(benchmark, count_baseline, timed: bool, suite: str, name: str, data
     count_baseline(suite, variant.key(name), **measured)
     info = dict(measured, flops=_flops(pruned, x), case=variant.key(name))
     if timed:
-        for backend in ("torch", "ort"):
-            runners = {"unpruned": make_runner(backend, model, (x,)), "pruned": make_runner(backend, pruned, (x,))}
-            timings = measure(runners, min_time_s=1.0, min_rounds=20)
-            info[f"speedup_{backend}"] = speedup(timings["unpruned"], timings["pruned"])
-            info[f"iqr_fraction_{backend}"] = timings["pruned"].iqr_fraction
+        # speedups over the unpruned model, interleaved in this run, with their spread (ratios dict)
+        info.update(speedup_info(model, pruned, (x,), backends=("torch", "ort"), min_time_s=1.0, min_rounds=20))
         info["macs_ratio"] = conv_linear_macs(model, x) / measured["macs"]
         run = make_runner("ort", pruned, (x,))
         benchmark.extra_info.update(info)
         benchmark(run)
+        count_baseline.ratios(suite, variant.key(name), info["ratios"])
     else:
         benchmark.extra_info.update(info)
         benchmark(lambda: None)  # the fixture must still be used once in quick mode

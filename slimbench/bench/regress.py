@@ -98,7 +98,8 @@ class Worker:
 
     def __init__(self, label: str, root: Path, log: Path):
         self.label, self.root = label, root
-        env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+        path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
         self.log = log
         with open(log, "w") as err:
             self.proc = subprocess.Popen([sys.executable, "-c", _BOOT, str(WORKER)], cwd=root, env=env, text=True,
@@ -181,9 +182,11 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def run_regress(against: str, *, repo: str | os.PathLike = ".", models: Sequence[str] | None = None,
                 keyword: str | None = None, rounds: int = 9, min_time_s: float = 1.0,
                 tolerance: float = DEFAULT_TOLERANCE, z: float = DEFAULT_Z, log=None) -> Comparison:
-    """Time the working tree of ``repo`` (candidate) against commit ``against`` (reference)."""
-    import torch
+    """Time the working tree of ``repo`` (candidate) against commit ``against`` (reference).
 
+    Raises BadInput for what the caller got wrong (unknown ref, empty selection) and RuntimeError
+    when a version's worker fails (its message names the version and the request).
+    """
     cases = select_cases(models, keyword)
     if rounds < 3 or min_time_s <= 0:
         raise BadInput(f"--rounds must be >= 3 and --min-time > 0, got {rounds}, {min_time_s}")
@@ -199,6 +202,10 @@ def run_regress(against: str, *, repo: str | os.PathLike = ".", models: Sequence
         try:
             for name, tree in (("reference", ref_root), ("candidate", root)):
                 workers[name] = Worker(name, tree, scratch / f"{name}.log")
+            import torch  # while the workers import theirs
+
+            from slimbench.models import model_info
+
             for worker in workers.values():  # both started first: their imports overlap
                 worker.ready()
             counts: dict[str, dict] = {"reference": {}, "candidate": {}}
@@ -210,8 +217,6 @@ def run_regress(against: str, *, repo: str | os.PathLike = ".", models: Sequence
                     for name, worker in workers.items():
                         counts[name][case.key] = worker.ask(op="export", model=case.model, dataset=case.dataset,
                                                             ratio=case.ratio, path=str(paths[name]))
-                    from slimbench.models import model_info
-
                     shape = model_info(case.model, case.dataset).input_shape
                     x = torch.randn(1, *shape, generator=torch.Generator().manual_seed(1))
                     ratios[case.key] = _time_onnx(paths["reference"], paths["candidate"], x, min_time_s=min_time_s)

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         comparison = run_regress(args.against, repo=args.repo, models=args.models, keyword=args.keyword,
                                  rounds=args.rounds, min_time_s=args.min_time, tolerance=args.tolerance, z=args.z,
                                  log=lambda message: print(message, file=sys.stderr, flush=True))
-    except BadInput as error:
+    except (BadInput, RuntimeError) as error:  # bad input, or a version that cannot run: nothing compared
         print(f"slimbench regress: {error}", file=sys.stderr)
         return 2
     sys.stdout.write(render(comparison, args.format, title=f"slimbench regress --against {args.against}"))

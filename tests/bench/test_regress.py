@@ -73,6 +73,7 @@ def test_committed_slowdown_is_flagged(repo):
     assert _worktrees(repo) == 1
 
 
+@pytest.mark.slow
 def test_same_commit_against_itself_is_clean_10_runs_out_of_10(repo):
     ratios = []
     for run in range(10):

@@ -237,9 +237,10 @@ def render(comparison: Comparison, fmt: str = "table", *, title: str = "slimbenc
     if fmt == "md":
         lines[2:4] = [f"base: `{comparison.base}`  ", f"candidate: `{comparison.cand}`"]
     lines.append(_table(comparison, "github" if fmt == "md" else "simple"))
-    lines += ["", *[f"REGRESSION {r.describe()}" for r in regressions]]
-    lines += [f"note: {n}" for n in comparison.notes]
-    lines.append("Ratios measured within each run (speedup: higher is better; time ratios: lower is better); "
+    item = "- " if fmt == "md" else ""  # one list item per line in markdown, not one paragraph
+    lines += ["", *[f"{item}REGRESSION {r.describe()}" for r in regressions]]
+    lines += [f"{item}note: {n}" for n in comparison.notes]
+    lines.append(f"{item}Ratios measured within each run (speedup: higher is better; time ratios: lower is better); "
                  "limit = max(tolerance, z x combined standard error); noisy = a run too noisy to resolve 15 %.")
     return "\n".join(lines).rstrip() + "\n"
 

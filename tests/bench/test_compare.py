@@ -94,7 +94,7 @@ def test_speedup_lowered_by_20_percent_exits_1_naming_the_case(two_runs, tmp_pat
     cand = _edited(two_runs[1], tmp_path / "slower.json", slower)
     assert main(["compare", str(two_runs[0]), str(cand), "--format", "md"]) == 1
     out = capsys.readouterr().out
-    (line,) = [x for x in out.splitlines() if x.startswith("REGRESSION")]
+    (line,) = [x for x in out.splitlines() if x.startswith("- REGRESSION")]
     assert "tiny/network_slimming/8 speedup_ort" in line and "->" in line
     assert "tiny/network_slimming/16" not in line
     assert out.startswith("## slimbench compare: 1 regression(s)") and "| tiny/network_slimming/8" in out

@@ -36,6 +36,10 @@ KINDS = ("onnx", "plan+prune", "profile")
 METRIC = "time cand/ref"
 WORKER = Path(__file__).with_name("regress_worker.py")
 _BOOT = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__main__')"
+# glibc adapts its mmap and trim thresholds to what a process freed before, so the page faults that
+# plan + prune's large copies cost (CPU time) depend on each worker's history: measured here, the
+# same code took 40 ms in one worker and 65 ms in the other. Fixed thresholds make both repeatable.
+STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,8 @@ class Worker:
     def __init__(self, label: str, root: Path, log: Path):
         self.label, self.root = label, root
         path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
-        env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+        env = {**STEADY_MALLOC, **os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1",
+               "PYTHONDONTWRITEBYTECODE": "1"}
         self.log = log
         with open(log, "w") as err:
             self.proc = subprocess.Popen([sys.executable, "-c", _BOOT, str(WORKER)], cwd=root, env=env, text=True,

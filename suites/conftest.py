@@ -11,6 +11,7 @@ rewrites counts and ratios on purpose (without ``--benchmark`` only the counts).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import warnings
@@ -41,6 +42,8 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    if config.getoption("--benchmark"):
+        steady_malloc()
     if not config.getoption("--benchmark"):
         config.option.benchmark_disable = True
     elif not (config.option.benchmark_save or config.option.benchmark_autosave):
@@ -64,6 +67,17 @@ def pytest_sessionfinish(session, exitstatus):
         if measured.get(suite):
             ratios, machine = {**ratios, **measured[suite]}, machine_description()
         write_baseline(path, counts, ratios, machine=machine)
+
+
+def steady_malloc() -> bool:
+    """Fixed glibc mmap / trim thresholds for this process (regress sets the same for its workers,
+    see slimbench.bench.regress.STEADY_MALLOC): glibc otherwise adapts them to what the process
+    freed before, and the page faults of plan + prune's large copies (CPU time) vary with that."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to steady
+        return False
+    return bool(libc.mallopt(-3, 32 << 20)) and bool(libc.mallopt(-1, 1 << 30))  # M_MMAP_ / M_TRIM_THRESHOLD
 
 
 def machine_description() -> str:

@@ -28,11 +28,15 @@ bench: $(STAMP)
 sweep: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m slimbench.bench.sweep
 
+# Counts and the in-run latency ratios (speedups, tool time / one forward) of every suite case.
 baselines: $(STAMP)
-	$(BIN)/python -m pytest suites -q --update-baselines
+	$(BIN)/python -m pytest suites -q --benchmark --update-baselines
 
+# ruff, and actionlint on .github/workflows (the `lint` extra, installed on first use).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	test -x $(BIN)/actionlint || $(BIN)/python -m pip install --quiet -e '.[lint]'
+	$(BIN)/actionlint
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks

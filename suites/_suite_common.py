@@ -7,7 +7,8 @@ import functools
 import torch
 from torch import nn
 
-from slimbench.bench.latency import available_backends, environment, make_runner, measure, speedup, speedup_iqr
+from slimbench.bench.latency import available_backends, environment, make_runner
+from slimbench.bench.regression import speedup_info
 from slimbench.bench.variants import Variant, apply_variant, param_count
 from slimbench.core.counting import conv_linear_macs
 from slimbench.models import get_model, model_info
@@ -65,16 +66,13 @@ def run_case(benchmark, count_baseline, timed: bool, suite: str, name: str, data
     count_baseline(suite, variant.key(name), **measured)
     info = dict(measured, flops=_flops(pruned, x), case=variant.key(name), run=run_record(dataset))
     if timed:
-        for backend in available_backends():
-            runners = {"unpruned": make_runner(backend, model, (x,)), "pruned": make_runner(backend, pruned, (x,))}
-            timings = measure(runners, min_time_s=1.0, min_rounds=20)
-            info[f"speedup_{backend}"] = speedup(timings["unpruned"], timings["pruned"])
-            info[f"speedup_{backend}_iqr"] = speedup_iqr(timings["unpruned"], timings["pruned"])
-            info[f"iqr_fraction_{backend}"] = timings["pruned"].iqr_fraction
+        # speedups over the unpruned model, interleaved in this run, with their spread (ratios dict)
+        info.update(speedup_info(model, pruned, (x,), backends=available_backends(), min_time_s=1.0, min_rounds=20))
         info["macs_ratio"] = conv_linear_macs(model, x) / measured["macs"]
         run = make_runner("ort", pruned, (x,))
         benchmark.extra_info.update(info)
         benchmark(run)
+        count_baseline.ratios(suite, variant.key(name), info["ratios"])
     else:
         benchmark.extra_info.update(info)
         benchmark(lambda: None)  # the fixture must still be used once in quick mode

@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("slimbench.cli.finetune", "fine-tune a pruned model"),
     "prune": ("slimbench.cli.prune", "prune a model or checkpoint and save the result"),
     "explain": ("slimbench.cli.explain", "which BatchNorm channels can be pruned, and why not"),
+    "compare": ("slimbench.cli.compare", "compare two benchmark runs: exact counts, in-run latency ratios"),
+    "regress": ("slimbench.cli.regress", "time this tree against a git ref, interleaved: pruned ONNX, plan, profile"),
 }
 
 # what bad input raises; anything else is a bug and keeps its traceback

@@ -119,3 +119,97 @@ def test_baseline_round_trip_is_atomic_and_stable(tmp_path):
     path.write_text("{broken")
     with pytest.raises(ValueError, match="not valid JSON.*make baselines"):
         load_baseline(path)
+
+
+def test_ratio_noise_sets_the_limit():
+    from slimbench.bench.regression import Ratio, paired_ratio, slowdown_limit
+
+    quiet = paired_ratio([2.0, 2.1, 1.9, 2.0] * 25, [1.0] * 100)
+    assert quiet.value == pytest.approx(2.0) and quiet.rounds == 100 and 0 < quiet.spread < 0.1
+    assert slowdown_limit(quiet, quiet) == pytest.approx(0.10)  # the tolerance floor
+    noisy = Ratio(2.0, spread=1.0, rounds=9)
+    assert slowdown_limit(noisy, noisy) == pytest.approx(3 * 2 ** 0.5 * 0.929 / 3, rel=1e-3)
+    speedup = Ratio(2.0, higher_is_better=True)
+    assert speedup.slowdown_to(Ratio(1.6, higher_is_better=True)) == pytest.approx(0.25)
+    # a 20 % move in a quiet run is flagged; the same move within the noise of a noisy run is not
+    assert find_latency_regressions({"c": quiet}, {"c": Ratio(2.4, quiet.spread, 100)})
+    assert not find_latency_regressions({"c": noisy}, {"c": Ratio(2.4, 1.0, 9)})
+    with pytest.raises(ValueError, match="equally long"):
+        paired_ratio([1.0], [1.0, 2.0])
+
+
+def test_tool_ratio_alternates_tool_and_forward():
+    from slimbench.bench.regression import tool_ratio
+
+    now = [0.0]
+    calls = []
+
+    def tool():
+        calls.append("tool")
+        now[0] += 0.3
+
+    def forward():
+        calls.append("forward")
+        now[0] += 0.1
+
+    ratio = tool_ratio(tool, forward, rounds=5, clock=lambda: now[0])
+    assert ratio.value == pytest.approx(3.0) and ratio.rounds == 5 and not ratio.higher_is_better
+    assert calls == ["tool", "forward"] * 6  # one warm-up round, then alternated
+
+
+def test_baseline_ratios_round_trip_and_old_files_have_none(tmp_path):
+    from slimbench.bench.regression import Ratio, load_baseline_ratios
+
+    path = tmp_path / "cifar.json"
+    write_baseline(path, {"a": {"params": 1, "macs": 2}})
+    assert load_baseline_ratios(path) == ({}, "")  # a count-only (format 1) file
+    ratios = {"a": {"speedup_ort": Ratio(1.5, 0.08, 120, True)}}
+    write_baseline(path, {"a": {"params": 1, "macs": 2}}, ratios, machine="test cpu")
+    assert load_baseline(path) == {"a": {"params": 1, "macs": 2}}  # counts read as before
+    assert load_baseline_ratios(path) == (ratios, "test cpu")
+
+
+def _suite_conftest():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "suites" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("suites_conftest_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Config:
+    def __init__(self, update: bool):
+        self.update = update
+        self._slimbench_recorded, self._slimbench_ratios = {}, {}
+
+    def getoption(self, name):
+        return self.update if name == "--update-baselines" else False
+
+
+def test_suites_record_ratios_then_flag_a_drop(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from slimbench.bench.regression import Ratio
+
+    conftest = _suite_conftest()
+    monkeypatch.setattr(conftest, "BASELINES", tmp_path)
+    write_baseline(tmp_path / "cifar.json", {"m/ns/0.5": {"params": 1, "macs": 2}})
+    measured = {"speedup_ort": Ratio(1.5, 0.08, 120, True)}
+    recording = _Config(update=True)
+    conftest.Baselines(recording).ratios("cifar", "m/ns/0.5", measured)
+    conftest.pytest_sessionfinish(SimpleNamespace(config=recording), 0)
+    assert load_baseline(tmp_path / "cifar.json") == {"m/ns/0.5": {"params": 1, "macs": 2}}
+
+    check = conftest.Baselines(_Config(update=False))
+    check.ratios("cifar", "m/ns/0.5", {"speedup_ort": Ratio(1.47, 0.08, 120, True)})  # within the noise
+    with pytest.raises(AssertionError, match=r"(?s)cifar: m/ns/0\.5: speedup_ort 1\.500 -> 1\.200.*make baselines"):
+        check.ratios("cifar", "m/ns/0.5", {"speedup_ort": Ratio(1.2, 0.08, 120, True)})
+    with pytest.warns(UserWarning, match="no latency baseline for speedup_torch"):
+        check.ratios("cifar", "m/ns/0.5", {"speedup_torch": Ratio(1.2, 0.08, 120, True)})
+
+
+def test_benchmark_runs_fix_the_malloc_thresholds():
+    assert _suite_conftest().steady_malloc() is True  # glibc here: mallopt accepted both thresholds

@@ -127,7 +127,7 @@ class _ShapeTracer(_LeafRules, MetaTracer):
         if kind != "call_module":
             return super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
         proxy = fx.Tracer.create_proxy(self, kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
-        from slimbench.analysis.replay import meta_call
+        from slimbench.core.rules import meta_call
 
         self._disable_module_getattr = True
         self._raw_calls += 1

@@ -112,3 +112,22 @@ class DivByChannels(nn.Module):
         if not self.only_broken:
             y = F.relu(self.bn2(y))
         return self.fc(y.mean((2, 3)))
+
+
+class RolledChannels(nn.Module):
+    """``torch.roll`` over the channel dim between two layers: an analysis that took it for a
+    pointwise op (a wrong ``register_op_handler``) would prune it wrongly; verification catches it."""
+
+    def __init__(self, only_broken: bool = False) -> None:
+        super().__init__()
+        self.only_broken = only_broken
+        self.c1, self.bn = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.c2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = F.relu(self.bn(self.c1(x)))
+        y = self.c2(torch.roll(y, 1, 1))
+        if not self.only_broken:
+            y = F.relu(self.bn2(y))
+        return self.fc(y.mean((2, 3)))

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
 from slimbench.analysis.graph import ChannelGraph
-from slimbench.core.errors import SlimbenchRuntimeError
+from slimbench.core.errors import SlimbenchError, SlimbenchRuntimeError
 from slimbench.pruning.plan import PruningPlan, keep_from_plan
 
 __all__ = ["verify_pruned", "check", "attach_plan", "FLOAT64_MAX_MACS", "FLOAT32_RTOL", "FLOAT64_RTOL"]
@@ -190,7 +190,7 @@ def _plan_without(plan: PruningPlan, graph: ChannelGraph, keep: np.ndarray, froz
 def verify_pruned(plan: PruningPlan, result: nn.Module, graph: ChannelGraph, inputs: tuple[Tensor, ...],
                   build: Callable[[PruningPlan, bool], nn.Module],
                   reference: Callable[[PruningPlan], nn.Module], *, checkable: bool = True,
-                  fold_beta: bool = False) -> nn.Module:
+                  fold_beta: bool = False, warn: bool = True) -> nn.Module:
     """Check ``result`` (built from ``plan``); on failure freeze the culprit groups and rebuild.
 
     ``build(plan, fold_beta)`` runs the surgery; ``reference(plan)`` makes the zeroed model.
@@ -245,13 +245,21 @@ def verify_pruned(plan: PruningPlan, result: nn.Module, graph: ChannelGraph, inp
             "the unverified model.")
     final = _plan_without(plan, graph, keep, frozen)
     record["max_rel_err"] = failing.error
+    if warn:
+        warn_frozen(record["frozen"], stacklevel=4)
+    return attach_plan(build(final, True) if fold_beta else candidate, final, record)
+
+
+def warn_frozen(frozen: list[dict], replanned: dict | None = None, stacklevel: int = 3) -> None:
+    """The warning that verification kept the ``frozen`` groups whole (and re-planned the rest)."""
+    again = (" The plan was then made again without them (ignored_layers), so the rest is pruned as asked"
+             if replanned else "")
     warnings.warn(
         "prune verified its result against the zeroed model and kept all channels of "
-        + "; ".join(f"{', '.join(f['bns'][:3])} ({f['reason']})" for f in record["frozen"][:3])
+        + "; ".join(f"{', '.join(f['bns'][:3])} ({f['reason']})" for f in frozen[:3])
         + (f" and {len(frozen) - 3} more groups" if len(frozen) > 3 else "")
-        + ": pruning them changes the outputs. pruned.slimbench_plan is the plan the model was built from",
-        stacklevel=3)
-    return attach_plan(build(final, True) if fold_beta else candidate, final, record)
+        + f": pruning them changes the outputs.{again} pruned.slimbench_plan is the plan the model was built from",
+        stacklevel=stacklevel)
 
 
 def attach_plan(model: nn.Module, plan: PruningPlan, record: dict | None = None) -> nn.Module:
@@ -260,3 +268,59 @@ def attach_plan(model: nn.Module, plan: PruningPlan, record: dict | None = None)
     clean = dataclasses.replace(plan, options=options)
     model.slimbench_plan = clean
     return model
+
+
+MAX_REPLANS = 3
+RATIO_MAX = 0.999  # ratio must stay below 1
+
+
+def replan_without_frozen(result: nn.Module, graph: ChannelGraph, options: dict,
+                          make: Callable[[dict], PruningPlan], verified: Callable[[PruningPlan], nn.Module],
+                          stacklevel: int = 4) -> nn.Module:
+    """After verification froze groups of a plan ``prune`` made itself: make the plan again with the
+    frozen BNs in ``ignored_layers`` (a ``ratio`` scaled so that as many channels go as first asked;
+    a ``target_macs`` is met by the others anyway), build and verify it again; at most ``MAX_REPLANS``
+    times. ``make(options)`` plans, ``verified(plan)`` builds and verifies without warning. The record
+    of every freeze and of the re-plan is in ``options["verification"]``; one warning says what was kept.
+    """
+    from slimbench.pruning.selection import candidate_classes
+
+    frozen = list(result.slimbench_plan.options["verification"]["frozen"])
+    if not frozen:
+        return result
+    first = result.slimbench_plan
+    user_ignored = list(first.options.get("ignored_layers", []))
+    residual = first.options.get("residual", "keep")
+    replanned = None
+    for _ in range(MAX_REPLANS):
+        names = sorted({bn for f in frozen for bn in f["bns"]} - set(user_ignored))
+        ignored = [*user_ignored, *names]
+        opts = {**options, "ignored_layers": ignored}
+        if opts.get("layer_ratios"):
+            opts["layer_ratios"] = {k: v for k, v in opts["layer_ratios"].items() if k not in names}
+        if first.ratio is not None:
+            before = int(candidate_classes(graph, residual, tuple(user_ignored))[0].sum())
+            after = int(candidate_classes(graph, residual, tuple(ignored))[0].sum())
+            if after == 0:
+                break
+            opts["ratio"] = min(first.ratio * before / after, RATIO_MAX)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                plan = make(opts)
+                if plan.pruned_channels == 0 and not plan.branches:
+                    break
+                again = verified(plan)
+        except SlimbenchError:  # the re-plan is refused (nothing left, ...): keep the first repaired result
+            break
+        replanned = {"ignored_layers": names, "ratio": opts.get("ratio")}
+        result = again
+        new = result.slimbench_plan.options["verification"]["frozen"]
+        frozen += new
+        if not new:
+            break
+    if replanned is not None:
+        record = {**result.slimbench_plan.options["verification"], "frozen": frozen, "replanned": replanned}
+        result.slimbench_plan.options["verification"] = record
+    warn_frozen(frozen, replanned, stacklevel=stacklevel)
+    return result

@@ -177,7 +177,7 @@ def prune(model: nn.Module, example_inputs: ExampleInputs | None = None, *, plan
         result = _as_graph_module(pruned, graph, [])
     else:
         result = pruned
-    from slimbench.pruning.verify import attach_plan, replan_without_frozen, verify_pruned
+    from slimbench.pruning.verify import attach_plan, replan_without_frozen, verify_pruned, zeroed_outputs
 
     def build(p: PruningPlan, fold: bool) -> nn.Module:
         return prune(model, example_inputs, plan=p, remove_branches=remove_branches, fold_beta=fold, verify=False,
@@ -188,8 +188,8 @@ def prune(model: nn.Module, example_inputs: ExampleInputs | None = None, *, plan
 
         def verified(p: PruningPlan, first: nn.Module | None = None) -> nn.Module:
             return verify_pruned(p, build(p, fold_beta) if first is None else first, graph, inputs, build,
-                                 lambda q: zero_bn_channels(model, q), checkable=not fold_beta, fold_beta=fold_beta,
-                                 warn=not made_here)
+                                 lambda q, x, dtype: zeroed_outputs(model, q, x, dtype), checkable=not fold_beta,
+                                 fold_beta=fold_beta, warn=not made_here)
 
         result = verified(plan, result)
         if made_here:  # re-plan without the frozen groups, so that the others are pruned as much as asked

@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
 from slimbench.analysis.graph import ChannelGraph
-from slimbench.core.errors import SlimbenchError, SlimbenchRuntimeError
+from slimbench.core.errors import SlimbenchError, SlimbenchRuntimeError, SlimbenchValueError
+from slimbench.core.inputs import unwrap
 from slimbench.pruning.plan import PruningPlan, keep_from_plan
 
 __all__ = ["verify_pruned", "check", "attach_plan", "FLOAT64_MAX_MACS", "FLOAT32_RTOL", "FLOAT64_RTOL"]
@@ -79,25 +80,58 @@ def _short(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0][:200] if text else ''}"
 
 
-def check(pruned: nn.Module, reference: Callable[[], nn.Module], inputs: tuple[Tensor, ...],
-          double: bool) -> Check:
-    """Run ``pruned`` and a fresh ``reference()`` on ``inputs``; compare their outputs."""
-    ref_model = reference()
+def zeroed_outputs(model: nn.Module, plan: PruningPlan, inputs: tuple[Tensor, ...],
+                   dtype: torch.dtype | None) -> list[Tensor]:
+    """The outputs of ``zero_bn_channels(model, plan)`` (cast to ``dtype``) in eval mode, without a
+    deep copy of the module tree: the model runs through ``torch.func.functional_call`` on copies of
+    its tensors (only those that change are copied when no cast is needed) with gamma = beta = 0 on
+    the pruned channels. Its train/eval flags are set to eval for the call and restored; its own
+    parameters and buffers are never written."""
+    source = unwrap(model)
+    tensors: dict[str, Tensor] = {}
+    for name, t in [*source.named_parameters(), *source.named_buffers()]:
+        t = t.detach()
+        tensors[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+    for name, mask in plan.masks.items():
+        drop = None
+        for key in (f"{name}.weight", f"{name}.bias"):
+            t = tensors.get(key)
+            if t is None or t.shape != (len(mask),):
+                raise SlimbenchValueError(
+                    f"the plan masks {len(mask)} channels of BatchNorm {name!r}, which has no affine "
+                    f"{key.rsplit('.', 1)[1]} of that size in this model (was the plan made for another model?)")
+            if drop is None:
+                drop = torch.as_tensor(~np.asarray(mask, dtype=bool)).to(t.device)
+            t = t.clone()  # a BN's gamma / beta: small; the model's own tensor is never written
+            t[drop] = 0
+            tensors[key] = t
+    modes = {m: m.training for m in source.modules()}
+    try:
+        source.eval()
+        with torch.no_grad():
+            out = torch.func.functional_call(source, tensors, inputs, strict=False, tie_weights=True)
+        return [t for t in tree_leaves(out) if isinstance(t, Tensor)]
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def check(pruned: nn.Module, reference: Callable[[tuple[Tensor, ...], torch.dtype | None], list[Tensor]],
+          inputs: tuple[Tensor, ...], double: bool) -> Check:
+    """Run ``pruned`` and ``reference(inputs, dtype)`` (the zeroed model's outputs) on ``inputs``; compare."""
     dtype = torch.float64 if double else None
-    if double:
-        _cast(ref_model, torch.float64)
     run_inputs = tuple(t.double() if double and t.is_floating_point() else t for t in inputs)
     try:
-        expected = _run(ref_model, run_inputs)
+        expected = reference(run_inputs, dtype)
+    except SlimbenchValueError:
+        raise
     except Exception as err:
-        del ref_model
         if double:  # float64 may not be supported by some op or constant: check in the model's dtype
             return check(pruned, reference, inputs, double=False)
         raise SlimbenchRuntimeError(
             f"verification cannot run the zeroed reference model on inputs of shape "
             f"{[tuple(t.shape) for t in inputs]} ({_short(err)}); pass example_inputs the model accepts, "
             "or verify=False to skip the check") from err
-    del ref_model
     saved = _cast(pruned, dtype)
     try:
         got = _run(pruned, run_inputs)
@@ -189,11 +223,13 @@ def _plan_without(plan: PruningPlan, graph: ChannelGraph, keep: np.ndarray, froz
 
 def verify_pruned(plan: PruningPlan, result: nn.Module, graph: ChannelGraph, inputs: tuple[Tensor, ...],
                   build: Callable[[PruningPlan, bool], nn.Module],
-                  reference: Callable[[PruningPlan], nn.Module], *, checkable: bool = True,
+                  reference: Callable[[PruningPlan, tuple[Tensor, ...], torch.dtype | None], list[Tensor]], *,
+                  checkable: bool = True,
                   fold_beta: bool = False, warn: bool = True) -> nn.Module:
     """Check ``result`` (built from ``plan``); on failure freeze the culprit groups and rebuild.
 
-    ``build(plan, fold_beta)`` runs the surgery; ``reference(plan)`` makes the zeroed model.
+    ``build(plan, fold_beta)`` runs the surgery; ``reference(plan, inputs, dtype)`` gives the zeroed
+    model's outputs (``zeroed_outputs``).
     ``checkable=False`` (beta folded into ``result``) checks an unfolded build instead.
     """
     params = sum(p.numel() for p in result.parameters())
@@ -205,9 +241,10 @@ def verify_pruned(plan: PruningPlan, result: nn.Module, graph: ChannelGraph, inp
             model = build(p, False)
         except Exception as err:  # surgery itself refused this cut
             return Check(False, math.inf, f"surgery fails ({_short(err)})", ""), None
-        return check(model, lambda: reference(p), inputs, double), model
+        return check(model, lambda x, dtype: reference(p, x, dtype), inputs, double), model
 
-    first = check(result, lambda: reference(plan), inputs, double) if checkable else attempt(plan)[0]
+    first = check(result, lambda x, dtype: reference(plan, x, dtype), inputs, double) if checkable else \
+        attempt(plan)[0]
     record = {"checked": first.dtype or ("float64" if double else "float32"), "max_rel_err": first.error,
               "frozen": []}
     if first.ok:

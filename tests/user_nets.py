@@ -8,6 +8,9 @@ division by the channel count read as a number.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -131,3 +134,21 @@ class RolledChannels(nn.Module):
         if not self.only_broken:
             y = F.relu(self.bn2(y))
         return self.fc(y.mean((2, 3)))
+
+
+@contextlib.contextmanager
+def roll_taken_for_pointwise() -> Iterator[None]:
+    """A wrong op handler, as a user could register one: ``torch.roll`` labelled as a pointwise op.
+    The analysis itself freezes every pattern it knows to be unsafe, so a model run under this is what
+    prune's self-verification has to catch (``RolledChannels``)."""
+    from slimbench.analysis.handlers import OP_HANDLERS, pointwise, register_op_handler
+
+    before = OP_HANDLERS.get(torch.roll)
+    register_op_handler(torch.roll, pointwise(keeps_zero=True))
+    try:
+        yield
+    finally:
+        if before is None:
+            OP_HANDLERS.pop(torch.roll, None)
+        else:
+            OP_HANDLERS[torch.roll] = before

@@ -1,5 +1,9 @@
-"""Public entry points of the analysis: explain on a kept graph; the extension registries exported."""
+"""Public entry points of the analysis (explain on a kept graph, the extension registries exported);
+the official network-slimming ``channel_selection`` recognised where its forward is proven."""
 
+import copy
+
+import pytest
 import torch
 
 import slimbench
@@ -9,6 +13,7 @@ from slimbench.core.rules import register_module_rule
 
 from helpers import randomize_bn
 from nets import PostActResidual
+from user_nets import SelectPreResNet, channel_selection
 
 X = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 
@@ -31,3 +36,52 @@ def test_extension_registries_are_public():
     assert slimbench.register_module_rule is register_module_rule
     assert slimbench.register_op_handler is register_op_handler
     assert {"register_module_rule", "register_op_handler", "explain_graph"} <= set(slimbench.__all__)
+
+
+def _without_selection(model: torch.nn.Module) -> torch.nn.Module:
+    twin = copy.deepcopy(model)
+    for name, module in list(twin.named_modules()):
+        if isinstance(module, channel_selection):
+            parent, _, leaf = name.rpartition(".")
+            setattr(twin.get_submodule(parent) if parent else twin, leaf, torch.nn.Identity())
+    return twin
+
+
+@pytest.mark.parametrize("residual", ["keep", "shared", "select"])
+def test_official_channel_selection_prunes_like_our_preresnet(residual):
+    model = randomize_bn(SelectPreResNet(), seed=2)
+    ours = _without_selection(model)
+    plan = slimbench.plan(model, X, ratio=0.5, residual=residual)
+    expected = slimbench.plan(ours, X, ratio=0.5, residual=residual)
+    assert {k: v.tolist() for k, v in plan.masks.items()} == {k: v.tolist() for k, v in expected.masks.items()}
+    assert plan.macs_after == expected.macs_after < plan.macs_before
+    pruned = slimbench.prune(model, X, plan=plan)
+    assert pruned.slimbench_plan.options["verification"]["frozen"] == []
+    for module in pruned.modules():  # indexes sliced with the channels the selection reads
+        if isinstance(module, channel_selection):
+            assert bool((module.indexes == 1).all())
+    assert model.select.indexes.numel() == 8  # the caller's model untouched
+
+
+class NotASelection(torch.nn.Module):
+    """A 0/1 parameter named ``indexes`` but a forward that scales: not a channel selection."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.indexes = torch.nn.Parameter(torch.ones(n))
+
+    def forward(self, x):
+        return x * (self.indexes.sum() / self.indexes.numel()) + x[:, :1]
+
+
+def test_channel_selection_is_recognised_only_where_proven():
+    model = randomize_bn(SelectPreResNet(), seed=2)
+    with torch.no_grad():
+        model.select.indexes[0] = 0  # already pruned: selects 7 of 8, not the identity
+    model.fc = torch.nn.Linear(7, 10)
+    rows = {r["bn"]: r for r in slimbench.explain(model, X, residual="shared")}
+    assert "already selects 7 of 8 channels" in rows["bn"]["reason"]
+    faker = SelectPreResNet()
+    faker.layers[0].select = NotASelection(8)
+    rows = {r["bn"]: r for r in slimbench.explain(randomize_bn(faker, seed=2), X, residual="shared")}
+    assert "not x[:, nonzero(indexes)]" in rows["layers.0.bn1"]["reason"]

@@ -10,24 +10,15 @@ from slimbench.core.errors import SlimbenchError
 
 from helpers import randomize_bn
 from nets import PostActResidual
-from user_nets import RolledChannels
+from user_nets import RolledChannels, roll_taken_for_pointwise
 
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 
 
 @pytest.fixture(autouse=True)
 def lying_roll():
-    """A wrong handler, as a user could register: torch.roll taken for a pointwise op. The analysis
-    itself freezes every pattern it knows to be unsafe, so this is what verification has to catch."""
-    from slimbench.analysis.handlers import OP_HANDLERS, pointwise
-
-    before = OP_HANDLERS.get(torch.roll)
-    slimbench.register_op_handler(torch.roll, pointwise(keeps_zero=True))
-    yield
-    if before is None:
-        OP_HANDLERS.pop(torch.roll, None)
-    else:
-        OP_HANDLERS[torch.roll] = before
+    with roll_taken_for_pointwise():
+        yield
 
 
 def Rolled():  # noqa: N802 - a model factory

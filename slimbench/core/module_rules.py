@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, fx, nn
 from torch.nn.modules.conv import _ConvNd
 
+from slimbench.core.errors import SlimbenchValueError
 from slimbench.core.labels import Chan, channel_codes, gids, with_z, zbit
 from slimbench.core.modules import MaskedBatchNorm
 from slimbench.core.rule_base import BNRecord, ChannelRule, ConvRecord, LabelContext, generic_meta
@@ -210,12 +211,39 @@ class AlreadyPrunedRule(ChannelRule):
         return ctx.opaque(node, value, f"{node.target} is an already-pruned {type(module).__name__}")
 
 
-class MaskedBatchNormRule(AlreadyPrunedRule):
-    count_as = "batchnorm"
+class MaskedBatchNormRule(BatchNormRule):
+    """A ``MaskedBatchNorm`` (an earlier pass's selection): always a selector. Its channel j reads input
+    channel ``index[j]`` and is its own BN channel, so an already pruned model can be pruned again."""
+
+    def label(self, ctx: LabelContext, node: fx.Node, module: nn.Module, value: Any) -> Any:
+        codes = _input_codes(ctx, node)
+        if codes is None or not isinstance(module, MaskedBatchNorm) or len(codes) != module.in_channels:
+            return ChannelRule.label(self, ctx, node, module, value)
+        name = node.target
+        read = codes[module.index.cpu()]
+        ctx.consume(read, name)
+        out = ctx.new_space(module.num_features, "selector", name, z=True)
+        ctx.record_bn(node, BNRecord(name, gids(out).numpy(), True, gids(read).numpy(),
+                                     all_in_gids=gids(codes).numpy()))
+        return Chan(out)
 
     def meta(self, module: nn.Module, args: tuple, kwargs: dict) -> Any:
         assert isinstance(module, MaskedBatchNorm)
         return args[0].index_select(1, module.index.to("meta"))
+
+    def slice(self, module: nn.Module, rec: BNRecord, keep: np.ndarray) -> None:
+        assert isinstance(module, MaskedBatchNorm)
+        if rec.all_in_gids is None:
+            raise SlimbenchValueError(f"{rec.name}: a MaskedBatchNorm recorded without its input channels")
+        inputs = keep[rec.all_in_gids]
+        index = module.index.cpu().numpy()[keep[rec.gids]]
+        if not inputs[index].all():
+            raise SlimbenchValueError(
+                f"{rec.name}: the plan keeps a channel of this MaskedBatchNorm whose input is removed")
+        super().slice(module, rec, keep)
+        position = np.cumsum(inputs) - 1
+        module.index = torch.as_tensor(position[index], dtype=module.index.dtype, device=module.index.device)
+        module.in_channels = int(inputs.sum())
 
 
 class FlattenRule(ChannelRule):

@@ -153,7 +153,7 @@ def prune(model: nn.Module, example_inputs: ExampleInputs | None = None, *, plan
             if name in removed and remove_branches:
                 continue
             bn = modules[name]
-            if rec.selector and name not in removed:
+            if rec.selector and name not in removed and not isinstance(bn, MaskedBatchNorm):
                 in_keep = keep[rec.in_gids]
                 out_keep = keep[rec.gids]
                 if not np.array_equal(in_keep, out_keep):

@@ -85,3 +85,22 @@ def test_channel_selection_is_recognised_only_where_proven():
     faker.layers[0].select = NotASelection(8)
     rows = {r["bn"]: r for r in slimbench.explain(randomize_bn(faker, seed=2), X, residual="shared")}
     assert "not x[:, nonzero(indexes)]" in rows["layers.0.bn1"]["reason"]
+
+
+@pytest.mark.parametrize("name", ["densenet40", "resnet164"])
+def test_masked_batchnorms_of_a_pruned_model_are_pruned_again(name):
+    from slimbench.core.modules import MaskedBatchNorm
+    from slimbench.models import get_model
+
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    first = slimbench.prune(randomize_bn(get_model(name), seed=1), x, ratio=0.3, residual="select")
+    randomize_bn(first, seed=2)
+    before = {n: (m.in_channels, m.num_features) for n, m in first.named_modules() if isinstance(m, MaskedBatchNorm)}
+    assert before
+    rows = {r["bn"]: r for r in slimbench.explain(first, x, residual="select")}
+    assert all(rows[n]["status"] == "prunable (channel selection)" for n in before)
+    second = slimbench.prune(first, x, ratio=0.3, residual="select")
+    assert second.slimbench_plan.options["verification"]["frozen"] == []
+    after = {n: (m.in_channels, m.num_features) for n, m in second.named_modules() if isinstance(m, MaskedBatchNorm)}
+    assert sum(f for _, f in after.values()) < sum(f for _, f in before.values())
+    assert all(after[n][0] == before[n][0] for n in before)  # in select mode the tensors they read stay

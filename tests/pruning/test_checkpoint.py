@@ -122,7 +122,8 @@ def outputs_match(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor = X32)
 
 
 @pytest.mark.parametrize("name, options", [("vgg11", {}), ("resnet20", {"residual": "shared"}),
-                                           ("resnet164", {"residual": "select"})])
+                                           ("resnet164", {"residual": "select"}),
+                                           ("densenet40", {"residual": "select"})])
 def test_prune_finetune_prune_save_load(tmp_path, name, options):
     torch.manual_seed(0)
     model = randomize_bn(get_model(name), seed=1)

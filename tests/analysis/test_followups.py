@@ -104,3 +104,33 @@ def test_masked_batchnorms_of_a_pruned_model_are_pruned_again(name):
     after = {n: (m.in_channels, m.num_features) for n, m in second.named_modules() if isinstance(m, MaskedBatchNorm)}
     assert sum(f for _, f in after.values()) < sum(f for _, f in before.values())
     assert all(after[n][0] == before[n][0] for n in before)  # in select mode the tensors they read stay
+
+
+class SiameseConv(torch.nn.Module):
+    """One conv applied to two different tensors whose sum is normalised by two BNs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c0, self.bn0 = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8)
+        self.c3, self.bn3 = torch.nn.Conv2d(8, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8)
+        self.shared = torch.nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn1, self.bn2 = torch.nn.BatchNorm2d(8), torch.nn.BatchNorm2d(8)
+        self.head = torch.nn.Conv2d(8, 16, 1, bias=False)
+        self.bn4 = torch.nn.BatchNorm2d(16)
+        self.fc = torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        a = torch.relu(self.bn0(self.c0(x)))
+        b = torch.relu(self.bn3(self.c3(a)))
+        y = torch.relu(self.bn1(self.shared(a)) + self.bn2(self.shared(b)))
+        return self.fc(torch.relu(self.bn4(self.head(y))).mean((2, 3)))
+
+
+def test_a_conv_called_on_two_tensors_couples_its_call_sites_and_the_rest_prunes():
+    model = randomize_bn(SiameseConv(), seed=1)
+    rows = {r["bn"]: r for r in slimbench.explain(model, X)}
+    assert "shared is called 2 times in one forward" in rows["bn0"]["reason"]
+    pruned = slimbench.prune(model, X, ratio=0.5, residual="shared")
+    record = pruned.slimbench_plan.options["verification"]
+    assert record["frozen"] == [] and record["max_rel_err"] <= 1e-9
+    assert pruned.shared.in_channels < 8 and pruned.bn4.num_features < 16

@@ -2,9 +2,13 @@
 
 After surgery, the pruned model and the zeroed reference (``zero_bn_channels``: gamma = beta = 0 on
 every pruned channel) run on the example inputs in eval mode. In float64 where that is cheap
-(copies cast to double; the pruned model is cast in place and back, which is exact), else in the
-model's own dtype at the contract's tolerance (1e-4 of the largest output magnitude). Only the
-zeroed reference is an extra full copy, and only one exists at a time.
+(the pruned model is cast in place and back, which is exact), else in the model's own dtype at the
+contract's tolerance (1e-4 of the largest output magnitude). The zeroed reference is no deep copy:
+the caller's model runs through ``torch.func.functional_call`` on one copy of its tensors (cast to
+float64, or only the masked gammas / betas copied in the model's dtype), the only extra copy.
+
+When ``prune`` made the plan itself, ``replan_without_frozen`` then plans again with the frozen BNs in
+``ignored_layers`` so that the other groups are pruned as much as was asked, and verifies that too.
 
 On a mismatch or a failure to run, the plan's pruned channel groups are bisected: a *group* is a
 set of pruned channel classes that share a channel space (all pruned channels of one layer, or of

@@ -30,6 +30,9 @@ _API: dict[str, str] = {
     "zero_bn_channels": "slimbench.pruning.surgery",
     "load_pruned_model": "slimbench.pruning.checkpoint",
     "save_pruned_model": "slimbench.pruning.checkpoint",
+    "register_module_rule": "slimbench.core.rules",
+    "register_op_handler": "slimbench.analysis.handlers",
+    "explain_graph": "slimbench.analysis.explain",
     "ChannelSelection": "slimbench.core.modules",
     "MaskedBatchNorm": "slimbench.core.modules",
 }

@@ -8,6 +8,9 @@ division by the channel count read as a number.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -112,3 +115,40 @@ class DivByChannels(nn.Module):
         if not self.only_broken:
             y = F.relu(self.bn2(y))
         return self.fc(y.mean((2, 3)))
+
+
+class RolledChannels(nn.Module):
+    """``torch.roll`` over the channel dim between two layers: an analysis that took it for a
+    pointwise op (a wrong ``register_op_handler``) would prune it wrongly; verification catches it."""
+
+    def __init__(self, only_broken: bool = False) -> None:
+        super().__init__()
+        self.only_broken = only_broken
+        self.c1, self.bn = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.c2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = F.relu(self.bn(self.c1(x)))
+        y = self.c2(torch.roll(y, 1, 1))
+        if not self.only_broken:
+            y = F.relu(self.bn2(y))
+        return self.fc(y.mean((2, 3)))
+
+
+@contextlib.contextmanager
+def roll_taken_for_pointwise() -> Iterator[None]:
+    """A wrong op handler, as a user could register one: ``torch.roll`` labelled as a pointwise op.
+    The analysis itself freezes every pattern it knows to be unsafe, so a model run under this is what
+    prune's self-verification has to catch (``RolledChannels``)."""
+    from slimbench.analysis.handlers import OP_HANDLERS, pointwise, register_op_handler
+
+    before = OP_HANDLERS.get(torch.roll)
+    register_op_handler(torch.roll, pointwise(keeps_zero=True))
+    try:
+        yield
+    finally:
+        if before is None:
+            OP_HANDLERS.pop(torch.roll, None)
+        else:
+            OP_HANDLERS[torch.roll] = before

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from slimbench.analysis.graph import build_graph
+from slimbench.analysis.graph import ChannelGraph, build_graph
 from slimbench.core.inputs import ExampleInputs
 
-__all__ = ["explain", "format_explanation", "prunable_bn_names"]
+__all__ = ["explain", "explain_graph", "format_explanation", "prunable_bn_names"]
 
 
 def explain(model: nn.Module, example_inputs: ExampleInputs, *, residual: str = "keep",
@@ -18,7 +18,12 @@ def explain(model: nn.Module, example_inputs: ExampleInputs, *, residual: str = 
     ``plan``: a plan that ``prune`` verified (``pruned.slimbench_plan``); BNs whose channels the
     self-check had to keep are then shown as "frozen by verification", with the reason.
     """
-    graph = build_graph(model, example_inputs, residual=residual)
+    return explain_graph(build_graph(model, example_inputs, residual=residual), plan=plan)
+
+
+def explain_graph(graph: ChannelGraph, *, plan=None) -> list[dict]:
+    """``explain`` on a channel graph already traced (``slimbench.analyze`` keeps one): no tracing."""
+    residual = graph.options.get("residual", "keep")
     frozen = {bn: f["reason"] for f in (plan.options.get("verification") or {}).get("frozen", [])
               for bn in f["bns"]} if plan is not None else {}
     rows = []

@@ -20,6 +20,7 @@ from torch import fx, nn
 from slimbench.analysis.branches import Branch, find_branches
 from slimbench.analysis.interpreter import ChannelInterpreter, label_graph
 from slimbench.analysis.trace import trace
+from slimbench.core.errors import SlimbenchValueError
 from slimbench.core.inputs import ExampleInputs, as_example_inputs
 from slimbench.core.rules import BNRecord, ConvRecord
 
@@ -85,7 +86,7 @@ def build_graph(model: nn.Module, example_inputs: ExampleInputs, *, residual: st
     gm, fallbacks = trace(model, leaf_modules, inputs)
     builder = label_graph(gm, inputs, select=residual == "select")
     if not builder.bns:
-        raise ValueError(f"{type(model).__name__} has no BatchNorm layer reached by its forward: network "
+        raise SlimbenchValueError(f"{type(model).__name__} has no BatchNorm layer reached by its forward: network "
                          "slimming prunes channels by their BatchNorm scale factors, so there is nothing to prune")
     return _finalize(builder, fallbacks, residual)
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, fx
 
 from slimbench.analysis import handlers, ops
+from slimbench.core.errors import SlimbenchValueError
 from slimbench.core.labels import Chan, Full, Label, channel_codes, clear_z, gids, zbit
 from slimbench.core.rules import BNRecord, ChannelRule, ConvRecord, meta_call, rule_for
 
@@ -27,7 +28,7 @@ __all__ = ["ChannelInterpreter", "label_graph"]
 _OPAQUE = ChannelRule()
 
 
-class _UserError(ValueError):
+class _UserError(SlimbenchValueError):
     pass
 
 
@@ -73,7 +74,7 @@ class ChannelInterpreter(fx.Interpreter):
         except Exception as err:
             where = f"module {node.target!r}" if node.op == "call_module" else f"node {node.name!r}"
             shapes = [tuple(t.shape) for t in self.inputs]
-            raise ValueError(
+            raise SlimbenchValueError(
                 f"running the model on example_inputs of shape {shapes} failed at {where} "
                 f"({type(err).__name__}: {err}). Pass inputs shaped like the model's real inputs, "
                 "e.g. (3, 32, 32) for CIFAR models or (3, 224, 224) for ImageNet models."

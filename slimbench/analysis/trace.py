@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, fx, nn
 from torch.fx.experimental.meta_tracer import MetaTracer, proxys_to_metas
 
+from slimbench.core.errors import SlimbenchRuntimeError
 from slimbench.core.inputs import unwrap
 from slimbench.core.rules import always_leaf
 
@@ -31,7 +32,7 @@ __all__ = ["trace", "TraceFailure"]
 
 
 
-class TraceFailure(RuntimeError):
+class TraceFailure(SlimbenchRuntimeError):
     """torch.fx could not trace the model's own forward."""
 
 

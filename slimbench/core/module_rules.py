@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, fx, nn
 from torch.nn.modules.conv import _ConvNd
 
+from slimbench.core.errors import SlimbenchValueError
 from slimbench.core.labels import Chan, channel_codes, gids, with_z, zbit
 from slimbench.core.modules import MaskedBatchNorm
 from slimbench.core.rule_base import BNRecord, ChannelRule, ConvRecord, LabelContext, generic_meta
@@ -210,12 +211,39 @@ class AlreadyPrunedRule(ChannelRule):
         return ctx.opaque(node, value, f"{node.target} is an already-pruned {type(module).__name__}")
 
 
-class MaskedBatchNormRule(AlreadyPrunedRule):
-    count_as = "batchnorm"
+class MaskedBatchNormRule(BatchNormRule):
+    """A ``MaskedBatchNorm`` (an earlier pass's selection): always a selector. Its channel j reads input
+    channel ``index[j]`` and is its own BN channel, so an already pruned model can be pruned again."""
+
+    def label(self, ctx: LabelContext, node: fx.Node, module: nn.Module, value: Any) -> Any:
+        codes = _input_codes(ctx, node)
+        if codes is None or not isinstance(module, MaskedBatchNorm) or len(codes) != module.in_channels:
+            return ChannelRule.label(self, ctx, node, module, value)
+        name = node.target
+        read = codes[module.index.cpu()]
+        ctx.consume(read, name)
+        out = ctx.new_space(module.num_features, "selector", name, z=True)
+        ctx.record_bn(node, BNRecord(name, gids(out).numpy(), True, gids(read).numpy(),
+                                     all_in_gids=gids(codes).numpy()))
+        return Chan(out)
 
     def meta(self, module: nn.Module, args: tuple, kwargs: dict) -> Any:
         assert isinstance(module, MaskedBatchNorm)
         return args[0].index_select(1, module.index.to("meta"))
+
+    def slice(self, module: nn.Module, rec: BNRecord, keep: np.ndarray) -> None:
+        assert isinstance(module, MaskedBatchNorm)
+        if rec.all_in_gids is None:
+            raise SlimbenchValueError(f"{rec.name}: a MaskedBatchNorm recorded without its input channels")
+        inputs = keep[rec.all_in_gids]
+        index = module.index.cpu().numpy()[keep[rec.gids]]
+        if not inputs[index].all():
+            raise SlimbenchValueError(
+                f"{rec.name}: the plan keeps a channel of this MaskedBatchNorm whose input is removed")
+        super().slice(module, rec, keep)
+        position = np.cumsum(inputs) - 1
+        module.index = torch.as_tensor(position[index], dtype=module.index.dtype, device=module.index.device)
+        module.in_channels = int(inputs.sum())
 
 
 class FlattenRule(ChannelRule):
@@ -243,3 +271,68 @@ class PointwiseRule(ChannelRule):
 
     def __repr__(self) -> str:
         return f"PointwiseRule(keeps_zero={self.keeps_zero})"
+
+
+class IndexSelectionRule(ChannelRule):
+    """A user's module that selects channels by a 0/1 parameter ``indexes`` (network slimming's official
+    ``channel_selection``: ``x[:, np.argwhere(indexes)]``). Recognised only where its forward is proven
+    on probe inputs to be ``x[:, nonzero(indexes)]``; with every index 1 it is the identity on the
+    channels it reads, so they stay prunable and surgery slices ``indexes`` with them. With zeros in
+    ``indexes`` (already pruned), or a forward that does something else, it is opaque."""
+
+    count_as = "gather"
+    keeps_zero = True  # the identity on what it reads (only proven instances are labelled so)
+
+    @staticmethod
+    def matches(module: nn.Module) -> bool:
+        params = dict(module.named_parameters(recurse=False))
+        if set(params) != {"indexes"} or next(module.children(), None) is not None or \
+                next(module.buffers(recurse=False), None) is not None:
+            return False
+        idx = params["indexes"].detach()
+        return idx.dim() == 1 and idx.numel() > 0 and bool(((idx == 0) | (idx == 1)).all())
+
+    @staticmethod
+    def proven(module: nn.Module, channels: int) -> bool:
+        """Does the forward compute ``x[:, nonzero(indexes)]`` on probes (all ones, and a mixed mask)?"""
+        idx = module.indexes.detach()
+        if idx.numel() != channels:
+            return False
+        mixed = torch.ones_like(idx)
+        mixed[: max(1, channels // 2)] = 0
+        if channels == 1:
+            mixed = torch.ones_like(idx)
+        x = torch.arange(2 * channels * 9, dtype=torch.float32, device=idx.device).reshape(2, channels, 3, 3)
+        for probe in (torch.ones_like(idx), mixed):
+            try:
+                out = torch.func.functional_call(module, {"indexes": probe.clone()}, (x.to(idx.dtype),))
+            except Exception:
+                return False
+            expected = x.to(idx.dtype)[:, probe.nonzero().flatten()]
+            if not isinstance(out, Tensor) or out.shape != expected.shape or not torch.equal(out, expected):
+                return False
+        return True
+
+    def label(self, ctx: LabelContext, node: fx.Node, module: nn.Module, value: Any) -> Any:
+        codes = _input_codes(ctx, node)
+        name = node.target
+        if codes is None or not isinstance(value, Tensor) or value.dim() < 2:
+            return super().label(ctx, node, module, value)
+        if not bool((module.indexes.detach() != 0).all()):
+            return ctx.opaque(node, value, f"{name} ({type(module).__name__}) already selects "
+                              f"{int((module.indexes != 0).sum())} of {module.indexes.numel()} channels")
+        if not self.proven(module, value.shape[1]):
+            return ctx.opaque(node, value, f"{name} ({type(module).__name__}) has a 0/1 parameter 'indexes' but "
+                              "its forward is not x[:, nonzero(indexes)] on probe inputs")
+        channels = gids(codes).numpy()
+        ctx.record_conv(node, ConvRecord(name, "joined", channels, channels, group_size=1,
+                                         groups=len(channels), per_position=0))
+        return ctx.pointwise_label(node, value, True)
+
+    def slice(self, module: nn.Module, rec: Any, keep: np.ndarray) -> None:
+        mask = torch.from_numpy(np.asarray(keep[rec.out_gids], dtype=bool)).to(module.indexes.device)
+        module.indexes = nn.Parameter(module.indexes.detach()[mask].clone(),
+                                      requires_grad=module.indexes.requires_grad)
+
+    def zero(self, module: nn.Module, rec: Any, keep: np.ndarray) -> None:
+        """Nothing: zeroing an index would drop the channel (shapes must stay)."""

@@ -49,7 +49,8 @@ class BNRecord:
     name: str
     gids: np.ndarray  # the classes its channels belong to (its output space for a selector)
     selector: bool = False
-    in_gids: np.ndarray | None = None  # selectors only: the channels it reads
+    in_gids: np.ndarray | None = None  # selectors only: the channel each of its channels reads
+    all_in_gids: np.ndarray | None = None  # a MaskedBatchNorm: every channel of the tensor it indexes
     calls: int = 1  # call sites in one forward (all coupled)
 
 

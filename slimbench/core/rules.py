@@ -21,6 +21,7 @@ from slimbench.core.module_rules import (
     BatchNormRule,
     ConvRule,
     FlattenRule,
+    IndexSelectionRule,
     LinearRule,
     MaskedBatchNormRule,
     PointwiseRule,
@@ -55,7 +56,12 @@ def rule_for(module: nn.Module) -> ChannelRule | None:
         rule = _RULES.get(cls)
         if rule is not None:
             return rule
+    if IndexSelectionRule.matches(module):  # a user's channel_selection: its forward is probed when labelled
+        return _INDEX_SELECTION
     return None
+
+
+_INDEX_SELECTION = IndexSelectionRule()
 
 
 def always_leaf(module: nn.Module) -> bool:

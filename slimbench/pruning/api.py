@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from slimbench.analysis.explain import explain
+from slimbench.analysis.explain import explain_graph
 from slimbench.analysis.graph import ChannelGraph, build_graph
+from slimbench.core.errors import SlimbenchValueError
 from slimbench.core.inputs import ExampleInputs, as_example_inputs
 from slimbench.pruning.options import RESIDUAL_MODES
 from slimbench.pruning.plan import PruningPlan, make_plan
@@ -31,7 +32,7 @@ class Analysis:
     def __init__(self, model: nn.Module, example_inputs: ExampleInputs, *, residual: str = "keep",
                  leaf_modules=()) -> None:
         if residual not in RESIDUAL_MODES:
-            raise ValueError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
+            raise SlimbenchValueError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
         self.model = model
         self.example_inputs: tuple[Tensor, ...] = as_example_inputs(example_inputs)
         self.residual = residual
@@ -51,20 +52,21 @@ class Analysis:
         """The channel graph for ``residual`` (default: the analysis's mode), traced on first use."""
         residual = self.residual if residual is None else residual
         if residual not in RESIDUAL_MODES:
-            raise ValueError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
+            raise SlimbenchValueError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
         if residual not in self._graphs:
             self._graphs[residual] = build_graph(self.model, self.example_inputs, residual=residual,
                                                  leaf_modules=self.leaf_modules)
         return self._graphs[residual]
 
-    def explain(self) -> list[dict]:
-        """One row per BatchNorm: prunable or not, and why (``slimbench.format_explanation`` prints it)."""
-        return explain(self.model, self.example_inputs, residual=self.residual)
+    def explain(self, plan: PruningPlan | None = None) -> list[dict]:
+        """One row per BatchNorm: prunable or not, and why (``slimbench.format_explanation`` prints it);
+        ``plan``: a verified plan (``pruned.slimbench_plan``) whose frozen groups are shown. No tracing."""
+        return explain_graph(self.graph(), plan=plan)
 
     def plan(self, **options) -> PruningPlan:
         """``slimbench.plan`` on this model and inputs, on the kept graph (same options)."""
         if "leaf_modules" in options:
-            raise ValueError("leaf_modules is fixed when the model is analysed; pass it to slimbench.analyze")
+            raise SlimbenchValueError("leaf_modules is fixed when the model is analysed; pass it to slimbench.analyze")
         residual = options.pop("residual", self.residual)
         return make_plan(self.model, self.example_inputs, residual=residual, graph=self.graph(residual),
                          leaf_modules=self.leaf_modules, **options)
@@ -76,7 +78,8 @@ class Analysis:
         ours = [s[1:] for s in self.input_shapes]
         theirs = [list(s)[1:] for s in plan.input_shapes]
         if ours != theirs:
-            raise ValueError(f"the plan was made for inputs of shape {plan.input_shapes}, this analysis traced "
+            raise SlimbenchValueError(
+                f"the plan was made for inputs of shape {plan.input_shapes}, this analysis traced "
                              f"{self.input_shapes}; analyze the model with those inputs, or use "
                              "slimbench.prune(model, plan=plan)")
         return self.graph(plan.options.get("residual", "keep"))

@@ -19,6 +19,7 @@ from torch import Tensor, fx, nn
 
 from slimbench.analysis.graph import build_graph
 from slimbench.core.atomic import atomic_path
+from slimbench.core.errors import SlimbenchValueError
 from slimbench.core.inputs import ExampleInputs, as_example_inputs, unwrap
 from slimbench.pruning.plan import PruningPlan
 from slimbench.pruning.surgery import prune
@@ -72,13 +73,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         if "weights_only" in str(err) or "Unsupported global" in str(err):
-            raise ValueError(f"checkpoint {path}: refusing to load, it contains pickled objects other than tensors; "
+            raise SlimbenchValueError(
+                f"checkpoint {path}: refusing to load, it contains pickled objects other than tensors; "
                              "code in a checkpoint is never run (re-save it with torch.save(model.state_dict()))"
                              ) from err
-        raise ValueError(f"checkpoint {path}: not a readable torch file (truncated or corrupt?): "
+        raise SlimbenchValueError(f"checkpoint {path}: not a readable torch file (truncated or corrupt?): "
                          f"{type(err).__name__}: {err}") from err
     if not isinstance(data, Mapping):
-        raise ValueError(f"checkpoint {path}: holds a {type(data).__name__}, expected a dict (a state dict "
+        raise SlimbenchValueError(f"checkpoint {path}: holds a {type(data).__name__}, expected a dict (a state dict "
                          "or a slimbench checkpoint)")
     return dict(data)
 
@@ -101,7 +103,8 @@ def _read(path_or_state_dict) -> dict:
     else:
         state = data
     if not state or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError("checkpoint is neither a slimbench checkpoint nor a state dict of tensors (also looked "
+        raise SlimbenchValueError(
+            "checkpoint is neither a slimbench checkpoint nor a state dict of tensors (also looked "
                          "in its 'state_dict' and 'model' entries)")
     out = {k: v for k, v in data.items() if k not in ("state_dict", "model")} if state is not data else {}
     return {**out, "state_dict": _strip_module_prefix(state)}
@@ -112,13 +115,13 @@ def _kept_count(owner: str, kind: str, size: int, modules: dict, state: Mapping[
         return size
     key = f"{owner}.weight"
     if key not in state:
-        raise ValueError(f"state dict has no entry {key!r} for {type(modules[owner]).__name__} {owner!r}; "
+        raise SlimbenchValueError(f"state dict has no entry {key!r} for {type(modules[owner]).__name__} {owner!r}; "
                          "was it saved from this architecture?")
     module = modules[owner]
     weight = state[key]
     count = weight.shape[1] * module.groups if getattr(module, "transposed", False) else weight.shape[0]
     if count > size:
-        raise ValueError(f"{key} has {count} output channels; the unpruned model has only {size}")
+        raise SlimbenchValueError(f"{key} has {count} output channels; the unpruned model has only {size}")
     return int(count)
 
 
@@ -153,7 +156,8 @@ def _plan_from_shapes(model: nn.Module, state: Mapping[str, Tensor], inputs) -> 
         if f"{name}.index" in state:
             index = state[f"{name}.index"].numpy()
             if index.size and (index.min() < 0 or index.max() >= kept_in.size):
-                raise ValueError(f"{name}.index selects channel {int(index.max())} of an input with {kept_in.size}")
+                raise SlimbenchValueError(
+                    f"{name}.index selects channel {int(index.max())} of an input with {kept_in.size}")
             mask = np.zeros(len(rec.in_gids), dtype=bool)
             mask[kept_in[index]] = True
         keep[rec.gids] = mask
@@ -163,7 +167,7 @@ def _plan_from_shapes(model: nn.Module, state: Mapping[str, Tensor], inputs) -> 
             continue
         key = f"{name}.weight" if f"{name}.weight" in state else f"{name}.running_mean"
         if key not in state:
-            raise ValueError(f"state dict has no entry for BatchNorm {name!r} ({name}.weight); "
+            raise SlimbenchValueError(f"state dict has no entry for BatchNorm {name!r} ({name}.weight); "
                              "was it saved from this architecture?")
         mask = keep[rec.gids]
         if not mask.all() or rec.selector:
@@ -178,14 +182,14 @@ def _check_state(pruned: nn.Module, state: Mapping[str, Tensor]) -> None:
     expected = pruned.state_dict()
     for key, value in expected.items():
         if key not in state:
-            raise ValueError(f"checkpoint is missing {key!r} (expected shape {tuple(value.shape)}); "
+            raise SlimbenchValueError(f"checkpoint is missing {key!r} (expected shape {tuple(value.shape)}); "
                              "truncated, or saved from another model?")
         if tuple(state[key].shape) != tuple(value.shape):
-            raise ValueError(f"checkpoint entry {key!r} has shape {tuple(state[key].shape)}, the pruned "
+            raise SlimbenchValueError(f"checkpoint entry {key!r} has shape {tuple(state[key].shape)}, the pruned "
                              f"architecture expects {tuple(value.shape)}")
     extra = [k for k in state if k not in expected]
     if extra:
-        raise ValueError(f"checkpoint has an entry the pruned model lacks: {extra[0]!r}")
+        raise SlimbenchValueError(f"checkpoint has an entry the pruned model lacks: {extra[0]!r}")
 
 
 def load_pruned_model(model_or_builder: nn.Module | Callable[[], nn.Module],
@@ -207,7 +211,7 @@ def load_pruned_model(model_or_builder: nn.Module | Callable[[], nn.Module],
         pruned = prune(model, plan=plan, remove_branches=bool(data.get("branches_removed", True)), verify=False)
     else:
         if example_inputs is None:
-            raise ValueError("this checkpoint has no plan: pass example_inputs (e.g. (3, 32, 32)) so the "
+            raise SlimbenchValueError("this checkpoint has no plan: pass example_inputs (e.g. (3, 32, 32)) so the "
                              "architecture can be traced and rebuilt from the tensor shapes")
         plan = _plan_from_shapes(model, state, as_example_inputs(example_inputs))
         pruned = prune(model, plan=plan, verify=False)  # the weights come from the checkpoint next

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from slimbench.core.errors import SlimbenchValueError
+
 __all__ = ["Criterion", "CRITERIA", "METHODS", "register_criterion", "get_criterion", "smallest", "network_slimming",
            "optimal_thresholding", "uniform", "global_threshold"]
 
@@ -42,7 +44,8 @@ class Criterion:
             valid = ", ".join(self.options) if self.options else "none"
             others = [c.name for c in CRITERIA.values() if unknown[0] in c.options]
             hint = f"; {unknown[0]!r} is an option of {', '.join(others)}" if others else ""
-            raise ValueError(f"criterion {self.name!r} has no option {unknown[0]!r} (its options: {valid}){hint}")
+            raise SlimbenchValueError(
+                f"criterion {self.name!r} has no option {unknown[0]!r} (its options: {valid}){hint}")
         if self.validate is not None:
             self.validate(options)
 
@@ -70,15 +73,15 @@ def register_criterion(name: str, fn: Callable[..., np.ndarray], *, sets_amount:
     ratio)``: the importance under which a residual branch is removed (``branches="remove"``).
     """
     if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"criterion name must be an identifier such as 'my_criterion', got {name!r}")
+        raise SlimbenchValueError(f"criterion name must be an identifier such as 'my_criterion', got {name!r}")
     if not callable(fn):
         raise TypeError(f"criterion {name!r}: fn must be callable, got {type(fn).__name__}")
     if name in CRITERIA and not replace:
-        raise ValueError(f"criterion {name!r} is already registered; pass replace=True to override it")
+        raise SlimbenchValueError(f"criterion {name!r} is already registered; pass replace=True to override it")
     options = _options_of(fn)
     missing = [o for o in sets_amount if o not in options]
     if missing:
-        raise ValueError(f"criterion {name!r}: sets_amount names {missing[0]!r}, which fn does not take")
+        raise SlimbenchValueError(f"criterion {name!r}: sets_amount names {missing[0]!r}, which fn does not take")
     criterion = Criterion(name, fn, options, tuple(sets_amount), validate, threshold,
                           inspect.getdoc(fn) or "")
     CRITERIA[name] = criterion
@@ -88,7 +91,7 @@ def register_criterion(name: str, fn: Callable[..., np.ndarray], *, sets_amount:
 
 def get_criterion(name: str) -> Criterion:
     if not isinstance(name, str) or name not in CRITERIA:
-        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(CRITERIA)} "
+        raise SlimbenchValueError(f"unknown method {name!r}; choose one of {', '.join(CRITERIA)} "
                          "(or add one with slimbench.pruning.criteria.register_criterion)")
     return CRITERIA[name]
 
@@ -173,7 +176,7 @@ def _check_delta(options: dict) -> None:
     if delta is None:
         return
     if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
-        raise ValueError(f"delta (optimal_thresholding) must be a number in (0, 1), the fraction of each "
+        raise SlimbenchValueError(f"delta (optimal_thresholding) must be a number in (0, 1), the fraction of each "
                          f"layer's sum of squared importance that may be pruned; got {delta!r}")
 
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from slimbench.analysis.graph import ChannelGraph
+from slimbench.core.errors import SlimbenchValueError
 
 __all__ = ["IMPORTANCES", "Importance", "register_importance", "resolve_importance", "importance_name",
            "bn_scores", "class_importance", "gamma", "bn_scale"]
@@ -52,11 +53,11 @@ def bn_scale(name: str, bn: nn.Module) -> torch.Tensor:
 def register_importance(name: str, fn: Importance, *, replace: bool = False) -> None:
     """Make ``fn(name, bn) -> scores`` available as ``slimbench.plan(..., importance=name)``."""
     if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"importance name must be an identifier such as 'my_score', got {name!r}")
+        raise SlimbenchValueError(f"importance name must be an identifier such as 'my_score', got {name!r}")
     if not callable(fn):
         raise TypeError(f"importance {name!r} must be callable fn(name, bn) -> scores, got {type(fn).__name__}")
     if name in IMPORTANCES and not replace:
-        raise ValueError(f"importance {name!r} is already registered; pass replace=True to override it")
+        raise SlimbenchValueError(f"importance {name!r} is already registered; pass replace=True to override it")
     IMPORTANCES[name] = fn
 
 
@@ -65,7 +66,7 @@ def resolve_importance(importance: str | Importance) -> Importance:
         return importance
     if isinstance(importance, str) and importance in IMPORTANCES:
         return IMPORTANCES[importance]
-    raise ValueError(f"importance must be one of {', '.join(IMPORTANCES)} or a function fn(name, bn) -> "
+    raise SlimbenchValueError(f"importance must be one of {', '.join(IMPORTANCES)} or a function fn(name, bn) -> "
                      f"scores per channel; got {importance!r}")
 
 
@@ -89,10 +90,10 @@ def bn_scores(graph: ChannelGraph, model: nn.Module, importance: str | Importanc
             values = _as_numpy(fn(name, modules[name])).reshape(-1)
             label = importance_name(importance)
             if values.shape != (len(rec.gids),):
-                raise ValueError(f"importance {label!r} gave {values.size} scores for {name!r}, which has "
+                raise SlimbenchValueError(f"importance {label!r} gave {values.size} scores for {name!r}, which has "
                                  f"{len(rec.gids)} channels; return one score per channel")
             if not np.isfinite(values).all() or (values < 0).any():
-                raise ValueError(f"importance {label!r} gave a negative or non-finite score for {name!r}; "
+                raise SlimbenchValueError(f"importance {label!r} gave a negative or non-finite score for {name!r}; "
                                  "scores must be finite and >= 0")
             scores[name] = values
     return scores

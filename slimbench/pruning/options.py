@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimbench.core.errors import SlimbenchValueError
 from slimbench.pruning.criteria import CRITERIA, Criterion, get_criterion
 from slimbench.pruning.importance import Importance, importance_name, resolve_importance
 
@@ -68,13 +69,13 @@ def as_number(value, name: str) -> float:
         return float(str(value))  # np.float32(0.3) -> 0.3, not 0.30000001192092896
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
         return float(value)
-    raise ValueError(f"{name} must be a number, got {type(value).__name__}: {value!r:.60}")
+    raise SlimbenchValueError(f"{name} must be a number, got {type(value).__name__}: {value!r:.60}")
 
 
 def _as_int(value, name: str) -> int:
     number = as_number(value, name) if not isinstance(value, int) or isinstance(value, bool) else value
     if isinstance(number, bool) or int(number) != number:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise SlimbenchValueError(f"{name} must be a positive integer, got {value!r}")
     return int(number)
 
 
@@ -94,23 +95,23 @@ def _layer_names(value, model: nn.Module, what: str) -> list[str]:
     if isinstance(value, (str, nn.Module)):
         value = [value]
     if not isinstance(value, Iterable):
-        raise ValueError(f"{what} must be a list of module names (or modules), got {type(value).__name__}")
+        raise SlimbenchValueError(f"{what} must be a list of module names (or modules), got {type(value).__name__}")
     out = []
     for item in value:
         if isinstance(item, nn.Module):
             if id(item) not in names:
-                raise ValueError(f"{what}: a {type(item).__name__} that is not a submodule of the model")
+                raise SlimbenchValueError(f"{what}: a {type(item).__name__} that is not a submodule of the model")
             out.append(names[id(item)])
         elif isinstance(item, str):
             out.append(item)
         else:
-            raise ValueError(f"{what} holds {item!r:.40}; pass module names such as 'layer1.0.bn1' or modules")
+            raise SlimbenchValueError(f"{what} holds {item!r:.40}; pass module names such as 'layer1.0.bn1' or modules")
     known = set(names.values())
     for name in out:
         if name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"{what}: the model has no module {name!r}{hint}")
+            raise SlimbenchValueError(f"{what}: the model has no module {name!r}{hint}")
     return out
 
 
@@ -127,10 +128,10 @@ def check_options(model: nn.Module, *, method: str, ratio, target_macs, round_to
     amount = [k for k in criterion.sets_amount if k in options]
     if amount and (ratio is not None or target_macs is not None):
         given = "ratio" if ratio is not None else "target_macs"
-        raise ValueError(f"{amount[0]}={options[amount[0]]!r} decides how much {method} prunes, so "
+        raise SlimbenchValueError(f"{amount[0]}={options[amount[0]]!r} decides how much {method} prunes, so "
                          f"{given} would be ignored; pass one or the other")
     if ratio is not None and target_macs is not None:
-        raise ValueError("pass ratio (the fraction of prunable channels to remove) or target_macs (the "
+        raise SlimbenchValueError("pass ratio (the fraction of prunable channels to remove) or target_macs (the "
                          "fraction of MACs to keep), not both")
     ratio_given = ratio is not None
     if ratio is None and target_macs is None and not amount:
@@ -138,36 +139,38 @@ def check_options(model: nn.Module, *, method: str, ratio, target_macs, round_to
     if ratio is not None:
         ratio = as_number(ratio, "ratio")
         if not 0 <= ratio < 1:
-            raise ValueError(f"ratio must be a number in [0, 1) (the fraction of prunable channels "
+            raise SlimbenchValueError(f"ratio must be a number in [0, 1) (the fraction of prunable channels "
                              f"to remove), got {ratio!r}")
     if target_macs is not None:
         target_macs = as_number(target_macs, "target_macs")
         if not 0 < target_macs <= 1:
-            raise ValueError(f"target_macs must be in (0, 1], a fraction of the unpruned MACs; got {target_macs!r}")
+            raise SlimbenchValueError(
+                f"target_macs must be in (0, 1], a fraction of the unpruned MACs; got {target_macs!r}")
     round_to = _as_int(round_to, "round_to")
     if round_to < 1:
-        raise ValueError(f"round_to must be a positive integer, got {round_to!r}")
+        raise SlimbenchValueError(f"round_to must be a positive integer, got {round_to!r}")
     if residual not in RESIDUAL_MODES:
-        raise ValueError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
+        raise SlimbenchValueError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
     if branches not in BRANCH_MODES:
-        raise ValueError(f"branches must be one of {BRANCH_MODES}, got {branches!r}")
+        raise SlimbenchValueError(f"branches must be one of {BRANCH_MODES}, got {branches!r}")
     if branches == "remove" and criterion.threshold is None:
         with_threshold = [c.name for c in CRITERIA.values() if c.threshold is not None]
-        raise ValueError(f"branches='remove' compares a branch's importance with a global threshold, which "
+        raise SlimbenchValueError(f"branches='remove' compares a branch's importance with a global threshold, which "
                          f"{method!r} does not have; use it with method={' or '.join(map(repr, with_threshold))}")
     if branches == "remove" and ratio is None and target_macs is None:
-        raise ValueError(f"branches='remove' needs ratio or target_macs to set the threshold, not "
+        raise SlimbenchValueError(f"branches='remove' needs ratio or target_macs to set the threshold, not "
                          f"{amount[0]}")
     resolve_importance(importance)
     ignored = tuple(_layer_names(ignored_layers, model, "ignored_layers"))
     if not isinstance(layer_ratios, Mapping):
-        raise ValueError(f"layer_ratios must be a dict {{BatchNorm name: ratio}}, got {type(layer_ratios).__name__}")
+        raise SlimbenchValueError(
+            f"layer_ratios must be a dict {{BatchNorm name: ratio}}, got {type(layer_ratios).__name__}")
     ratios = {}
     for name, value in layer_ratios.items():
         (name,) = _layer_names([name], model, "layer_ratios")
         value = as_number(value, f"layer_ratios[{name!r}]")
         if not 0 <= value < 1:
-            raise ValueError(f"layer_ratios[{name!r}] must be in [0, 1) (the fraction of that layer's "
+            raise SlimbenchValueError(f"layer_ratios[{name!r}] must be in [0, 1) (the fraction of that layer's "
                              f"channels to remove), got {value!r}")
         ratios[name] = value
     return PlanOptions(criterion, ratio, target_macs, round_to, residual, branches, importance, ignored,

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from slimbench.analysis.graph import ChannelGraph, build_graph
+from slimbench.core.errors import SlimbenchValueError
 from slimbench.core.inputs import ExampleInputs, as_example_inputs, unwrap
 from slimbench.pruning.diagnose import warn_if_little
 from slimbench.pruning.importance import Importance, bn_scores, class_importance
@@ -73,11 +74,11 @@ class PruningPlan:
     @classmethod
     def from_dict(cls, data: dict) -> PruningPlan:
         if data.get("format") != FORMAT:
-            raise ValueError(f"not a slimbench plan (format {data.get('format')!r}, expected {FORMAT!r})")
+            raise SlimbenchValueError(f"not a slimbench plan (format {data.get('format')!r}, expected {FORMAT!r})")
         masks = {}
         for name, bits in data["masks"].items():
             if not isinstance(bits, str) or set(bits) - {"0", "1"}:
-                raise ValueError(f"plan mask for {name!r} must be a string of 0/1, got {bits!r:.40}")
+                raise SlimbenchValueError(f"plan mask for {name!r} must be a string of 0/1, got {bits!r:.40}")
             masks[name] = torch.tensor([b == "1" for b in bits], dtype=torch.bool)
         return cls(masks=masks, method=data["method"], ratio=data["ratio"],
                    input_shapes=data["input_shapes"], options=data.get("options", {}),
@@ -110,7 +111,7 @@ def make_plan(model: nn.Module, example_inputs: ExampleInputs, *, method: str = 
     if graph is None:
         graph = build_graph(model, inputs, residual=residual, leaf_modules=leaf_modules)
     elif graph.options.get("residual", "keep") != residual:
-        raise ValueError(f"the channel graph was traced with residual={graph.options.get('residual')!r}; "
+        raise SlimbenchValueError(f"the channel graph was traced with residual={graph.options.get('residual')!r}; "
                          f"a plan with residual={residual!r} needs its own (slimbench.analyze keeps one per mode)")
     plan = plan_on_graph(model, inputs, graph, opts)
     if warn:
@@ -150,7 +151,8 @@ def plan_on_graph(model: nn.Module, inputs: tuple[Tensor, ...], graph: ChannelGr
     def decide(r: float | None):
         prune = np.asarray(criterion.fn(importance, pool, layers, ratio=r, **opts.criterion_options), dtype=bool)
         if prune.shape != (graph.n_classes,):
-            raise ValueError(f"criterion {criterion.name!r} returned {prune.shape}, expected one bool per class "
+            raise SlimbenchValueError(
+                f"criterion {criterion.name!r} returned {prune.shape}, expected one bool per class "
                              f"({graph.n_classes})")
         prune &= pool
         for layer, layer_ratio in overrides:
@@ -179,7 +181,7 @@ def plan_on_graph(model: nn.Module, inputs: tuple[Tensor, ...], graph: ChannelGr
         if macs(best) > goal:
             most = decide(0.999)
             if macs(most) > goal:
-                raise ValueError(
+                raise SlimbenchValueError(
                     f"target_macs={opts.target_macs} is out of reach: {criterion.name} at ratio 0.999 (pruning "
                     f"all it may) leaves {macs(most) / base:.3f} of the MACs; ask for target_macs >= "
                     f"{np.ceil(macs(most) / base * 1000) / 1000:.3f}" + _more_hint(graph, opts))
@@ -226,12 +228,19 @@ def keep_from_plan(graph: ChannelGraph, plan: PruningPlan) -> tuple[np.ndarray, 
     """Per-channel keep decisions that ``plan`` implies on ``graph``; errors on inconsistent plans."""
     unknown = sorted(set(plan.masks) - set(graph.bns))
     if unknown:
-        raise ValueError(f"the plan prunes BatchNorm {unknown[0]!r}, which this model does not have "
+        raise SlimbenchValueError(f"the plan prunes BatchNorm {unknown[0]!r}, which this model does not have "
                          "(was the plan made for another model?)")
     missing = [b for b in plan.branches if b not in {br.bn for br in graph.branches}]
     if missing:
-        raise ValueError(f"the plan removes the residual branch ending at {missing[0]!r}, but that is "
+        raise SlimbenchValueError(f"the plan removes the residual branch ending at {missing[0]!r}, but that is "
                          "not a removable branch of this model")
+    adds: dict[str, str] = {}
+    for branch in (b for b in graph.branches if b.bn in plan.branches):
+        other = adds.setdefault(branch.add_node, branch.bn)
+        if other != branch.bn:
+            raise SlimbenchValueError(
+                f"the plan removes both residual branches {other!r} and {branch.bn!r} of the same add; "
+                "at most one operand of an add can go")
     removed_modules, _ = removed_by(graph, plan.branches)
     prune = np.zeros(graph.n_classes, dtype=bool)
     seen = np.zeros(graph.n_classes, dtype=bool)
@@ -241,9 +250,10 @@ def keep_from_plan(graph: ChannelGraph, plan: PruningPlan) -> tuple[np.ndarray, 
         rec = graph.bns[name]
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != (len(rec.gids),):
-            raise ValueError(f"plan mask for {name!r} has {mask.size} entries; the BN has {len(rec.gids)} channels")
+            raise SlimbenchValueError(
+                f"plan mask for {name!r} has {mask.size} entries; the BN has {len(rec.gids)} channels")
         if not mask.any():
-            raise ValueError(f"the plan removes every channel of {name!r}; a layer must keep at least one "
+            raise SlimbenchValueError(f"the plan removes every channel of {name!r}; a layer must keep at least one "
                              "(to drop a whole residual branch, plan with branches='remove')")
         classes = graph.class_of[rec.gids]
         prune[classes[~mask]] = True
@@ -256,11 +266,11 @@ def keep_from_plan(graph: ChannelGraph, plan: PruningPlan) -> tuple[np.ndarray, 
         clash = prune[classes] & mask
         if clash.any():
             i = int(np.flatnonzero(clash)[0])
-            raise ValueError(f"the plan keeps channel {i} of {name!r} but prunes a channel coupled to it "
+            raise SlimbenchValueError(f"the plan keeps channel {i} of {name!r} but prunes a channel coupled to it "
                              "in another BatchNorm; coupled channels must be pruned together")
     bad = np.flatnonzero(prune & np.array([r is not None for r in graph.class_reason]))
     if bad.size:
         reason = graph.class_reason[bad[0]]
         bn = next(n for n, r in graph.bns.items() if bad[0] in graph.class_of[r.gids])
-        raise ValueError(f"the plan prunes a channel of {bn!r} that cannot be removed: {reason}")
+        raise SlimbenchValueError(f"the plan prunes a channel of {bn!r} that cannot be removed: {reason}")
     return ~prune[graph.class_of], removed_modules

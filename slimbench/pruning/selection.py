@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from slimbench.analysis.graph import ChannelGraph
+from slimbench.core.errors import SlimbenchValueError
 from slimbench.pruning.criteria import smallest
 
 __all__ = ["layers_of", "candidate_classes", "layer_overrides", "enforce", "removed_by", "smallest",
@@ -35,7 +36,7 @@ def _classes_of_module(graph: ChannelGraph, name: str) -> np.ndarray:
         if conv_name == name or conv_name.startswith(name + ".") or not name:
             gids.append(rec.out_gids)
     if not gids:
-        raise ValueError(f"ignored_layers: {name!r} is neither a BatchNorm, conv or linear layer the channel "
+        raise SlimbenchValueError(f"ignored_layers: {name!r} is neither a BatchNorm, conv or linear layer the channel "
                          "graph knows nor a module containing one; name a BN, a conv or a block")
     return np.unique(graph.class_of[np.concatenate(gids)])
 
@@ -57,7 +58,7 @@ def layer_overrides(graph: ChannelGraph, layer_ratios: dict[str, float], candida
     out = []
     for name, ratio in layer_ratios.items():
         if name not in graph.bns:
-            raise ValueError(f"layer_ratios: {name!r} is not a BatchNorm of the channel graph; name the BN "
+            raise SlimbenchValueError(f"layer_ratios: {name!r} is not a BatchNorm of the channel graph; name the BN "
                              "that scales the layer's channels (e.g. 'layer1.0.bn1')")
         classes = np.unique(graph.class_of[graph.bns[name].gids])
         mine = classes[candidates[classes]]
@@ -65,7 +66,7 @@ def layer_overrides(graph: ChannelGraph, layer_ratios: dict[str, float], candida
             why = graph.bn_class_reason(name) or ("its channels are joined by a residual add (residual='shared' "
                                                   "prunes such groups)" if graph.class_residual[classes].any()
                                                   else "it is in ignored_layers")
-            raise ValueError(f"layer_ratios: {name!r} has no channel this plan may prune: {why}")
+            raise SlimbenchValueError(f"layer_ratios: {name!r} has no channel this plan may prune: {why}")
         layer = np.flatnonzero(np.isin(key, np.unique(key[mine])) & candidates)
         out.append((layer, ratio))
     return out
@@ -78,7 +79,8 @@ def check_round_to(graph: ChannelGraph, candidates: np.ndarray, round_to: int, k
         return
     sizes = [len(layer) for layer in layers if candidates[layer].any()]
     if sizes and max(sizes) <= round_to:
-        raise ValueError(f"round_to={round_to} leaves nothing to prune: a layer keeps a multiple of {round_to} "
+        raise SlimbenchValueError(
+            f"round_to={round_to} leaves nothing to prune: a layer keeps a multiple of {round_to} "
                          f"channels, at least {round_to}, and the largest prunable layer has {max(sizes)} "
                          f"channels; pass round_to < {max(sizes)}")
 

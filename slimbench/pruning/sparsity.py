@@ -13,10 +13,19 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
+from slimbench.core.errors import SlimbenchValueError
 from slimbench.core.inputs import unwrap
 from slimbench.core.modules import BATCHNORM_TYPES
 
 __all__ = ["update_bn", "update_bn_by_names", "update_prunable_bn", "batchnorms"]
+
+
+class _NotABatchNorm(SlimbenchValueError, KeyError):
+    """A name that is not a batch-norm module (a KeyError too, as netslim raised)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
 
 
 def batchnorms(model: nn.Module) -> dict[str, nn.Module]:
@@ -27,7 +36,7 @@ def batchnorms(model: nn.Module) -> dict[str, nn.Module]:
 def _check_s(s: float) -> float:
     s = float(s)
     if not s >= 0:  # also rejects NaN
-        raise ValueError(f"sparsity s must be a non-negative number, got {s!r}")
+        raise SlimbenchValueError(f"sparsity s must be a non-negative number, got {s!r}")
     return s
 
 
@@ -71,7 +80,7 @@ def update_bn_by_names(model: nn.Module, names: Iterable[str] | Mapping[str, flo
         key = name[len("module."):] if name.startswith("module.") and name not in available else name
         if key not in available:
             hint = difflib.get_close_matches(key, list(available), n=3)
-            raise KeyError(
+            raise _NotABatchNorm(
                 f"update_bn_by_names: {name!r} is not a batch-norm module of "
                 f"{type(unwrap(model)).__name__}"
                 + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from slimbench.analysis.graph import ChannelGraph, build_graph
+from slimbench.core.errors import SlimbenchValueError
 from slimbench.core.inputs import ExampleInputs, as_example_inputs, unwrap
 from slimbench.core.modules import MaskedBatchNorm
 from slimbench.core.rules import BNRecord, ChannelRule, ConvRecord, rule_for
@@ -48,7 +49,8 @@ def _graph_for(model: nn.Module, p: PruningPlan, graph: ChannelGraph | None = No
     residual = p.options.get("residual", "keep")
     if graph is not None:
         if graph.options.get("residual", "keep") != residual:
-            raise ValueError(f"the plan was made with residual={residual!r}, the channel graph given was traced "
+            raise SlimbenchValueError(
+                f"the plan was made with residual={residual!r}, the channel graph given was traced "
                              f"with residual={graph.options.get('residual')!r}")
         return graph
     like = next((t for t in unwrap(model).parameters() if t.is_floating_point()), None)
@@ -60,7 +62,7 @@ def _graph_for(model: nn.Module, p: PruningPlan, graph: ChannelGraph | None = No
 def _rule(module: nn.Module, name: str) -> ChannelRule:
     rule = rule_for(module)
     if rule is None:  # the plan-time graph recorded it, so a rule labelled it: the model changed since
-        raise ValueError(f"module {name!r} ({type(module).__name__}) has no channel rule; register one with "
+        raise SlimbenchValueError(f"module {name!r} ({type(module).__name__}) has no channel rule; register one with "
                          "slimbench.core.rules.register_module_rule")
     return rule
 
@@ -123,16 +125,18 @@ def prune(model: nn.Module, example_inputs: ExampleInputs | None = None, *, plan
     keeps whole the channel groups whose removal changes the outputs (``slimbench.pruning.verify``);
     ``result.slimbench_plan`` is the plan the result was built from, with that record.
     """
+    made_here = plan is None
     if plan is None:
         if example_inputs is None:
-            raise ValueError("prune needs example_inputs (a tensor or a shape like (3, 32, 32)) or a plan")
+            raise SlimbenchValueError("prune needs example_inputs (a tensor or a shape like (3, 32, 32)) or a plan")
         example_inputs = as_example_inputs(example_inputs)
         if graph is None:  # traced once, for the plan and the surgery
             graph = build_graph(model, example_inputs, residual=plan_options.get("residual", "keep"),
                                 leaf_modules=plan_options.get("leaf_modules", ()))
         plan = make_plan(model, example_inputs, graph=graph, **plan_options)
     elif plan_options:
-        raise ValueError(f"options {sorted(plan_options)} are ignored when a plan is given; pass one or the other")
+        raise SlimbenchValueError(
+            f"options {sorted(plan_options)} are ignored when a plan is given; pass one or the other")
     graph = _graph_for(model, plan, graph)
     keep, removed = keep_from_plan(graph, plan)
     source = unwrap(model)
@@ -149,7 +153,7 @@ def prune(model: nn.Module, example_inputs: ExampleInputs | None = None, *, plan
             if name in removed and remove_branches:
                 continue
             bn = modules[name]
-            if rec.selector and name not in removed:
+            if rec.selector and name not in removed and not isinstance(bn, MaskedBatchNorm):
                 in_keep = keep[rec.in_gids]
                 out_keep = keep[rec.gids]
                 if not np.array_equal(in_keep, out_keep):
@@ -173,15 +177,25 @@ def prune(model: nn.Module, example_inputs: ExampleInputs | None = None, *, plan
         result = _as_graph_module(pruned, graph, [])
     else:
         result = pruned
-    from slimbench.pruning.verify import attach_plan, verify_pruned
+    from slimbench.pruning.verify import attach_plan, replan_without_frozen, verify_pruned, zeroed_outputs
 
     def build(p: PruningPlan, fold: bool) -> nn.Module:
         return prune(model, example_inputs, plan=p, remove_branches=remove_branches, fold_beta=fold, verify=False,
                      graph=graph)  # the retries reuse the graph: no tracing
 
     if verify:
-        result = verify_pruned(plan, result, graph, _check_inputs(example_inputs, plan, source), build,
-                               lambda p: zero_bn_channels(model, p), checkable=not fold_beta, fold_beta=fold_beta)
+        inputs = _check_inputs(example_inputs, plan, source)
+
+        def verified(p: PruningPlan, first: nn.Module | None = None) -> nn.Module:
+            return verify_pruned(p, build(p, fold_beta) if first is None else first, graph, inputs, build,
+                                 lambda q, x, dtype: zeroed_outputs(model, q, x, dtype), checkable=not fold_beta,
+                                 fold_beta=fold_beta, warn=not made_here)
+
+        result = verified(plan, result)
+        if made_here:  # re-plan without the frozen groups, so that the others are pruned as much as asked
+            result = replan_without_frozen(
+                result, graph, plan_options, verified=verified,
+                make=lambda options: make_plan(model, example_inputs, graph=graph, warn=False, **options))
     else:
         attach_plan(result, plan)
     earlier = getattr(source, "slimbench_plan", None)  # a pruned model pruned again: one plan against the original
@@ -228,7 +242,7 @@ def zero_bn_channels(model: nn.Module, plan: PruningPlan) -> nn.Module:
     modules = dict(unwrap(model).named_modules())
     for name in plan.masks:
         if not hasattr(modules.get(name), "weight") or getattr(modules[name], "bias", None) is None:
-            raise ValueError(f"the plan prunes BatchNorm {name!r}, which this model does not have (or it has "
+            raise SlimbenchValueError(f"the plan prunes BatchNorm {name!r}, which this model does not have (or it has "
                              "no affine gamma/beta); was the plan made for another model?")
     zeroed = copy.deepcopy(unwrap(model))
     modules = dict(zeroed.named_modules())
@@ -236,8 +250,6 @@ def zero_bn_channels(model: nn.Module, plan: PruningPlan) -> nn.Module:
         for name, mask in plan.masks.items():
             bn = modules.get(name)
             if bn is None or getattr(bn, "weight", None) is None or bn.weight.shape != (len(mask),):
-                from slimbench.core.errors import SlimbenchValueError
-
                 found = "no such module" if bn is None else f"a {type(bn).__name__} of shape " + (
                     f"{tuple(bn.weight.shape)}" if getattr(bn, "weight", None) is not None else "(no affine weight)")
                 raise SlimbenchValueError(

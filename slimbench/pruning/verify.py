@@ -2,9 +2,13 @@
 
 After surgery, the pruned model and the zeroed reference (``zero_bn_channels``: gamma = beta = 0 on
 every pruned channel) run on the example inputs in eval mode. In float64 where that is cheap
-(copies cast to double; the pruned model is cast in place and back, which is exact), else in the
-model's own dtype at the contract's tolerance (1e-4 of the largest output magnitude). Only the
-zeroed reference is an extra full copy, and only one exists at a time.
+(the pruned model is cast in place and back, which is exact), else in the model's own dtype at the
+contract's tolerance (1e-4 of the largest output magnitude). The zeroed reference is no deep copy:
+the caller's model runs through ``torch.func.functional_call`` on one copy of its tensors (cast to
+float64, or only the masked gammas / betas copied in the model's dtype), the only extra copy.
+
+When ``prune`` made the plan itself, ``replan_without_frozen`` then plans again with the frozen BNs in
+``ignored_layers`` so that the other groups are pruned as much as was asked, and verifies that too.
 
 On a mismatch or a failure to run, the plan's pruned channel groups are bisected: a *group* is a
 set of pruned channel classes that share a channel space (all pruned channels of one layer, or of
@@ -28,7 +32,8 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
 from slimbench.analysis.graph import ChannelGraph
-from slimbench.core.errors import SlimbenchRuntimeError
+from slimbench.core.errors import SlimbenchError, SlimbenchRuntimeError, SlimbenchValueError
+from slimbench.core.inputs import unwrap
 from slimbench.pruning.plan import PruningPlan, keep_from_plan
 
 __all__ = ["verify_pruned", "check", "attach_plan", "FLOAT64_MAX_MACS", "FLOAT32_RTOL", "FLOAT64_RTOL"]
@@ -79,25 +84,58 @@ def _short(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0][:200] if text else ''}"
 
 
-def check(pruned: nn.Module, reference: Callable[[], nn.Module], inputs: tuple[Tensor, ...],
-          double: bool) -> Check:
-    """Run ``pruned`` and a fresh ``reference()`` on ``inputs``; compare their outputs."""
-    ref_model = reference()
+def zeroed_outputs(model: nn.Module, plan: PruningPlan, inputs: tuple[Tensor, ...],
+                   dtype: torch.dtype | None) -> list[Tensor]:
+    """The outputs of ``zero_bn_channels(model, plan)`` (cast to ``dtype``) in eval mode, without a
+    deep copy of the module tree: the model runs through ``torch.func.functional_call`` on copies of
+    its tensors (only those that change are copied when no cast is needed) with gamma = beta = 0 on
+    the pruned channels. Its train/eval flags are set to eval for the call and restored; its own
+    parameters and buffers are never written."""
+    source = unwrap(model)
+    tensors: dict[str, Tensor] = {}
+    for name, t in [*source.named_parameters(), *source.named_buffers()]:
+        t = t.detach()
+        tensors[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+    for name, mask in plan.masks.items():
+        drop = None
+        for key in (f"{name}.weight", f"{name}.bias"):
+            t = tensors.get(key)
+            if t is None or t.shape != (len(mask),):
+                raise SlimbenchValueError(
+                    f"the plan masks {len(mask)} channels of BatchNorm {name!r}, which has no affine "
+                    f"{key.rsplit('.', 1)[1]} of that size in this model (was the plan made for another model?)")
+            if drop is None:
+                drop = torch.as_tensor(~np.asarray(mask, dtype=bool)).to(t.device)
+            t = t.clone()  # a BN's gamma / beta: small; the model's own tensor is never written
+            t[drop] = 0
+            tensors[key] = t
+    modes = {m: m.training for m in source.modules()}
+    try:
+        source.eval()
+        with torch.no_grad():
+            out = torch.func.functional_call(source, tensors, inputs, strict=False, tie_weights=True)
+        return [t for t in tree_leaves(out) if isinstance(t, Tensor)]
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def check(pruned: nn.Module, reference: Callable[[tuple[Tensor, ...], torch.dtype | None], list[Tensor]],
+          inputs: tuple[Tensor, ...], double: bool) -> Check:
+    """Run ``pruned`` and ``reference(inputs, dtype)`` (the zeroed model's outputs) on ``inputs``; compare."""
     dtype = torch.float64 if double else None
-    if double:
-        _cast(ref_model, torch.float64)
     run_inputs = tuple(t.double() if double and t.is_floating_point() else t for t in inputs)
     try:
-        expected = _run(ref_model, run_inputs)
+        expected = reference(run_inputs, dtype)
+    except SlimbenchValueError:
+        raise
     except Exception as err:
-        del ref_model
         if double:  # float64 may not be supported by some op or constant: check in the model's dtype
             return check(pruned, reference, inputs, double=False)
         raise SlimbenchRuntimeError(
             f"verification cannot run the zeroed reference model on inputs of shape "
             f"{[tuple(t.shape) for t in inputs]} ({_short(err)}); pass example_inputs the model accepts, "
             "or verify=False to skip the check") from err
-    del ref_model
     saved = _cast(pruned, dtype)
     try:
         got = _run(pruned, run_inputs)
@@ -189,11 +227,13 @@ def _plan_without(plan: PruningPlan, graph: ChannelGraph, keep: np.ndarray, froz
 
 def verify_pruned(plan: PruningPlan, result: nn.Module, graph: ChannelGraph, inputs: tuple[Tensor, ...],
                   build: Callable[[PruningPlan, bool], nn.Module],
-                  reference: Callable[[PruningPlan], nn.Module], *, checkable: bool = True,
-                  fold_beta: bool = False) -> nn.Module:
+                  reference: Callable[[PruningPlan, tuple[Tensor, ...], torch.dtype | None], list[Tensor]], *,
+                  checkable: bool = True,
+                  fold_beta: bool = False, warn: bool = True) -> nn.Module:
     """Check ``result`` (built from ``plan``); on failure freeze the culprit groups and rebuild.
 
-    ``build(plan, fold_beta)`` runs the surgery; ``reference(plan)`` makes the zeroed model.
+    ``build(plan, fold_beta)`` runs the surgery; ``reference(plan, inputs, dtype)`` gives the zeroed
+    model's outputs (``zeroed_outputs``).
     ``checkable=False`` (beta folded into ``result``) checks an unfolded build instead.
     """
     params = sum(p.numel() for p in result.parameters())
@@ -205,9 +245,10 @@ def verify_pruned(plan: PruningPlan, result: nn.Module, graph: ChannelGraph, inp
             model = build(p, False)
         except Exception as err:  # surgery itself refused this cut
             return Check(False, math.inf, f"surgery fails ({_short(err)})", ""), None
-        return check(model, lambda: reference(p), inputs, double), model
+        return check(model, lambda x, dtype: reference(p, x, dtype), inputs, double), model
 
-    first = check(result, lambda: reference(plan), inputs, double) if checkable else attempt(plan)[0]
+    first = check(result, lambda x, dtype: reference(plan, x, dtype), inputs, double) if checkable else \
+        attempt(plan)[0]
     record = {"checked": first.dtype or ("float64" if double else "float32"), "max_rel_err": first.error,
               "frozen": []}
     if first.ok:
@@ -245,13 +286,21 @@ def verify_pruned(plan: PruningPlan, result: nn.Module, graph: ChannelGraph, inp
             "the unverified model.")
     final = _plan_without(plan, graph, keep, frozen)
     record["max_rel_err"] = failing.error
+    if warn:
+        warn_frozen(record["frozen"], stacklevel=4)
+    return attach_plan(build(final, True) if fold_beta else candidate, final, record)
+
+
+def warn_frozen(frozen: list[dict], replanned: dict | None = None, stacklevel: int = 3) -> None:
+    """The warning that verification kept the ``frozen`` groups whole (and re-planned the rest)."""
+    again = (" The plan was then made again without them (ignored_layers), so the rest is pruned as asked"
+             if replanned else "")
     warnings.warn(
         "prune verified its result against the zeroed model and kept all channels of "
-        + "; ".join(f"{', '.join(f['bns'][:3])} ({f['reason']})" for f in record["frozen"][:3])
+        + "; ".join(f"{', '.join(f['bns'][:3])} ({f['reason']})" for f in frozen[:3])
         + (f" and {len(frozen) - 3} more groups" if len(frozen) > 3 else "")
-        + ": pruning them changes the outputs. pruned.slimbench_plan is the plan the model was built from",
-        stacklevel=3)
-    return attach_plan(build(final, True) if fold_beta else candidate, final, record)
+        + f": pruning them changes the outputs.{again} pruned.slimbench_plan is the plan the model was built from",
+        stacklevel=stacklevel)
 
 
 def attach_plan(model: nn.Module, plan: PruningPlan, record: dict | None = None) -> nn.Module:
@@ -260,3 +309,59 @@ def attach_plan(model: nn.Module, plan: PruningPlan, record: dict | None = None)
     clean = dataclasses.replace(plan, options=options)
     model.slimbench_plan = clean
     return model
+
+
+MAX_REPLANS = 3
+RATIO_MAX = 0.999  # ratio must stay below 1
+
+
+def replan_without_frozen(result: nn.Module, graph: ChannelGraph, options: dict,
+                          make: Callable[[dict], PruningPlan], verified: Callable[[PruningPlan], nn.Module],
+                          stacklevel: int = 4) -> nn.Module:
+    """After verification froze groups of a plan ``prune`` made itself: make the plan again with the
+    frozen BNs in ``ignored_layers`` (a ``ratio`` scaled so that as many channels go as first asked;
+    a ``target_macs`` is met by the others anyway), build and verify it again; at most ``MAX_REPLANS``
+    times. ``make(options)`` plans, ``verified(plan)`` builds and verifies without warning. The record
+    of every freeze and of the re-plan is in ``options["verification"]``; one warning says what was kept.
+    """
+    from slimbench.pruning.selection import candidate_classes
+
+    frozen = list(result.slimbench_plan.options["verification"]["frozen"])
+    if not frozen:
+        return result
+    first = result.slimbench_plan
+    user_ignored = list(first.options.get("ignored_layers", []))
+    residual = first.options.get("residual", "keep")
+    replanned = None
+    for _ in range(MAX_REPLANS):
+        names = sorted({bn for f in frozen for bn in f["bns"]} - set(user_ignored))
+        ignored = [*user_ignored, *names]
+        opts = {**options, "ignored_layers": ignored}
+        if opts.get("layer_ratios"):
+            opts["layer_ratios"] = {k: v for k, v in opts["layer_ratios"].items() if k not in names}
+        if first.ratio is not None:
+            before = int(candidate_classes(graph, residual, tuple(user_ignored))[0].sum())
+            after = int(candidate_classes(graph, residual, tuple(ignored))[0].sum())
+            if after == 0:
+                break
+            opts["ratio"] = min(first.ratio * before / after, RATIO_MAX)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                plan = make(opts)
+                if plan.pruned_channels == 0 and not plan.branches:
+                    break
+                again = verified(plan)
+        except SlimbenchError:  # the re-plan is refused (nothing left, ...): keep the first repaired result
+            break
+        replanned = {"ignored_layers": names, "ratio": opts.get("ratio")}
+        result = again
+        new = result.slimbench_plan.options["verification"]["frozen"]
+        frozen += new
+        if not new:
+            break
+    if replanned is not None:
+        record = {**result.slimbench_plan.options["verification"], "frozen": frozen, "replanned": replanned}
+        result.slimbench_plan.options["verification"] = record
+    warn_frozen(frozen, replanned, stacklevel=stacklevel)
+    return result

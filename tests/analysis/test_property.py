@@ -135,18 +135,19 @@ def test_public_calls_never_mutate_the_callers_model(net, seed, residual, modes,
 
 def test_failing_public_calls_leave_the_model_unchanged(tmp_path):
     """The failure paths: refused prune, another model's plan, a checkpoint of another model, bad inputs."""
+    from slimbench.core.errors import SlimbenchError
     from thop_ext import profile
 
-    from user_nets import DivByChannels, SlimVGG
+    from user_nets import RolledChannels, SlimVGG, roll_taken_for_pointwise
 
     x = torch.randn(2, 3, 8, 8)
-    broken = randomize_bn(DivByChannels(only_broken=True), seed=1).train()
+    broken = randomize_bn(RolledChannels(only_broken=True), seed=1).train()
     broken.bn.eval()
     broken.c1.register_forward_pre_hook(lambda m, i: None)
     before = snapshot(broken)
-    with pytest.warns(UserWarning, match="reads the channel count as a value"):
-        slimbench.prune(broken, x, ratio=0.5)  # frozen up front: nothing of it is pruned
-    assert_unchanged(before, broken, "prune (nothing prunable)")
+    with roll_taken_for_pointwise(), pytest.raises(SlimbenchError, match="nothing of this plan can be kept"):
+        slimbench.prune(broken, x, ratio=0.5)
+    assert_unchanged(before, broken, "prune (refused)")
     vgg = randomize_bn(SlimVGG(), seed=1)
     vgg_plan = slimbench.plan(vgg, x, ratio=0.5)
     with pytest.raises(ValueError, match="feature.1"):

@@ -11,7 +11,7 @@ from slimbench.analysis.trace import TraceFailure, trace
 from helpers import assert_equivalent, randomize_bn
 from mutation import assert_unchanged, snapshot
 from nets import cbr
-from user_nets import PreBlock, SelectPreResNet, SlimVGG
+from user_nets import SelectPreResNet, SlimVGG
 
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 
@@ -72,25 +72,40 @@ def test_module_with_parameters_built_inside_forward_is_a_clear_error():
     assert_unchanged(before, model, "explain")
 
 
-def test_numpy_channel_selection_is_an_opaque_leaf_and_the_rest_prunes():
+def test_numpy_channel_selection_is_a_recognised_leaf_and_everything_prunes():
+    """The official channel_selection (numpy in forward) is a leaf proven to select by ``indexes``
+    (tests/analysis/test_followups.py), not a fallback: no warning, and its channels stay prunable."""
+    import warnings
+
     model = randomize_bn(SelectPreResNet(), seed=3)
     before = snapshot(model)
-    with pytest.warns(UserWarning, match=r"'layers.0.select' \(channel_selection\)"):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*channel_selection")
         rows = {r["bn"]: r for r in slimbench.explain(model, X)}
-    assert rows["layers.0.bn2"]["status"] == "prunable"
-    assert "layers.0.select" in rows["layers.0.bn1"]["reason"]
-    with pytest.warns(UserWarning):
         plan = slimbench.plan(model, X, ratio=0.5)
         pruned = slimbench.prune(model, X, plan=plan)
+    assert rows["layers.0.bn2"]["status"] == "prunable"
+    assert "opaque" not in rows["layers.0.bn1"]["reason"]
     assert_unchanged(before, model, "explain / plan / prune")
     assert pruned.layers[0].bn2.num_features < 6
     assert_equivalent(model, X, plan, pruned)
 
 
+class NumpyScale(nn.Module):
+    """numpy on a parameter inside forward: untraceable, an opaque leaf."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(n))
+
+    def forward(self, x):
+        return x * float(np.mean(self.scale.detach().cpu().numpy()))
+
+
 def test_no_cap_on_opaque_leaves():
-    """A ResNet-164 has 55 channel_selection modules; 40 here, in one tracing pass."""
-    model = randomize_bn(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), *[PreBlock(8, 4) for _ in range(40)]))
-    with pytest.warns(UserWarning, match="'39.select'"):
+    """A ResNet-164 in the official style has 55 numpy-using modules; 40 here, in one tracing pass."""
+    model = randomize_bn(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), *[NumpyScale(8) for _ in range(40)]))
+    with pytest.warns(UserWarning, match="'40'"):
         _, fallbacks = trace(model, inputs=(X,))
     assert len(fallbacks) == 40
 

@@ -21,6 +21,7 @@ plan is not changed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import warnings
@@ -69,14 +70,11 @@ def _restore(saved: dict) -> None:
 
 
 def _run(model: nn.Module, inputs: tuple[Tensor, ...]) -> list[Tensor]:
-    modes = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        with torch.no_grad():
-            return [t for t in tree_leaves(model(*inputs)) if isinstance(t, Tensor)]
-    finally:
-        for m, training in modes.items():
-            m.training = training
+    """``model``'s outputs in eval mode, run on a hookless shell (the user's hooks, copied into the
+    pruned model, see none of the checking calls)."""
+    shell = _shell(model).eval()
+    with torch.no_grad():
+        return [t for t in tree_leaves(shell(*inputs)) if isinstance(t, Tensor)]
 
 
 def _short(err: BaseException) -> str:
@@ -86,16 +84,19 @@ def _short(err: BaseException) -> str:
 
 def zeroed_outputs(model: nn.Module, plan: PruningPlan, inputs: tuple[Tensor, ...],
                    dtype: torch.dtype | None) -> list[Tensor]:
-    """The outputs of ``zero_bn_channels(model, plan)`` (cast to ``dtype``) in eval mode, without a
-    deep copy of the module tree: the model runs through ``torch.func.functional_call`` on copies of
-    its tensors (only those that change are copied when no cast is needed) with gamma = beta = 0 on
-    the pruned channels. Its train/eval flags are set to eval for the call and restored; its own
-    parameters and buffers are never written."""
-    source = unwrap(model)
+    """The outputs of ``zero_bn_channels(model, plan)`` (cast to ``dtype``) in eval mode.
+
+    Nothing of the caller's model runs: a shell copy of its module tree (parameters shared, not
+    copied; hooks dropped, so the caller's hooks never see these calls; attribute writes land on the
+    shell) runs through ``torch.func.functional_call`` on the parameters (copied only where they
+    change or are cast) and on copies of the buffers (a forward may write those)."""
+    source = _shell(unwrap(model))
     tensors: dict[str, Tensor] = {}
-    for name, t in [*source.named_parameters(), *source.named_buffers()]:
+    for name, t in source.named_parameters():
         t = t.detach()
         tensors[name] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+    for name, t in source.named_buffers():
+        tensors[name] = t.detach().to(dtype) if dtype is not None and t.is_floating_point() else t.detach().clone()
     for name, mask in plan.masks.items():
         drop = None
         for key in (f"{name}.weight", f"{name}.bias"):
@@ -109,15 +110,21 @@ def zeroed_outputs(model: nn.Module, plan: PruningPlan, inputs: tuple[Tensor, ..
             t = t.clone()  # a BN's gamma / beta: small; the model's own tensor is never written
             t[drop] = 0
             tensors[key] = t
-    modes = {m: m.training for m in source.modules()}
-    try:
-        source.eval()
-        with torch.no_grad():
-            out = torch.func.functional_call(source, tensors, inputs, strict=False, tie_weights=True)
-        return [t for t in tree_leaves(out) if isinstance(t, Tensor)]
-    finally:
-        for m, training in modes.items():
-            m.training = training
+    source.eval()
+    with torch.no_grad():
+        out = torch.func.functional_call(source, tensors, inputs, strict=False, tie_weights=True)
+    return [t for t in tree_leaves(out) if isinstance(t, Tensor)]
+
+
+def _shell(model: nn.Module) -> nn.Module:
+    """A copy of ``model``'s module tree that shares its parameters and buffers, without hooks."""
+    shared = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    shell = copy.deepcopy(model, memo=shared)
+    for module in shell.modules():
+        for hooks in (module._forward_hooks, module._forward_pre_hooks, module._forward_hooks_with_kwargs,
+                      module._forward_pre_hooks_with_kwargs, module._forward_hooks_always_called):
+            hooks.clear()
+    return shell
 
 
 def check(pruned: nn.Module, reference: Callable[[tuple[Tensor, ...], torch.dtype | None], list[Tensor]],

@@ -123,3 +123,23 @@ def test_target_macs_is_met_by_the_other_groups_after_freezing():
         pruned = slimbench.prune(model, X, target_macs=0.7)
     used = pruned.slimbench_plan
     assert used.macs_after <= 0.7 * used.macs_before and pruned.bn.num_features == 8
+
+
+def test_verification_never_runs_the_callers_model():
+    """The zeroed reference runs on a shell of the module tree: the caller's hooks see no call and
+    attribute writes in forward land on the shell."""
+    from nets import PostActResidual
+
+    model = randomize_bn(PostActResidual(), seed=3).eval()
+    calls = []
+
+    def real(inputs) -> bool:  # fx tracing calls hooks too, with proxies / meta tensors: not a run
+        return isinstance(inputs[0], torch.Tensor) and inputs[0].device.type != "meta"
+
+    model.register_forward_hook(lambda m, i, o: calls.append(1) if real(i) else None)
+    for module in model.modules():
+        module.register_forward_pre_hook(lambda m, i: calls.append(2) if real(i) else None)
+    pruned = slimbench.prune(model, (3, 16, 16), ratio=0.5)
+    assert calls == []
+    pruned(torch.randn(1, 3, 16, 16))  # the pruned copy keeps the hooks for the user's own runs
+    assert calls

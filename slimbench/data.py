@@ -53,10 +53,10 @@ DATASET_SPECS: dict[str, DatasetSpec] = {
                            "ROOT/cifar-10-batches-py/{data_batch_1..5, test_batch} (official python pickles)"),
     "cifar100": DatasetSpec("cifar100", 100, (3, 32, 32), (1,), True,
                             "ROOT/cifar-100-python/{train, test} (official python pickles)"),
-    "ilsvrc12": DatasetSpec("ilsvrc12", 1000, (3, 224, 224), (1, 5), True,
-                            "ROOT/train/<class>/*.JPEG and ROOT/val/<class>/*.JPEG (ImageFolder)"),
     "digits": DatasetSpec("digits", 10, (3, 32, 32), (1,), False,
                           "bundled with scikit-learn (sklearn.datasets.load_digits), no folder needed"),
+    "ilsvrc12": DatasetSpec("ilsvrc12", 1000, (3, 224, 224), (1, 5), True,
+                            "ROOT/train/<class>/*.JPEG and ROOT/val/<class>/*.JPEG (ImageFolder)"),
 }
 
 

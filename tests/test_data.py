@@ -159,7 +159,7 @@ def test_digits_loaders_and_dispatch():
 def test_dispatch_errors_and_data_option():
     with pytest.raises(ValueError, match="needs a data folder.*cifar-10-batches-py"):
         get_loaders("cifar10")
-    with pytest.raises(ValueError, match="choose from cifar10, cifar100, ilsvrc12, digits"):
+    with pytest.raises(ValueError, match="choose from cifar10, cifar100, digits, ilsvrc12"):
         get_loaders("mnist")
     with pytest.raises(ValueError, match="batch_size"):
         digits_loaders(batch_size=0)

@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--round-to", type=int, default=d.round_to, help="keep channel counts multiples of N")
     parser.add_argument("--seed", type=int, default=d.seed, help="seed of training, fine-tuning and inputs")
     parser.add_argument("--format", default="table", choices=list(FORMATS))
-    parser.add_argument("--output", help="write the report here (atomically) instead of stdout")
+    parser.add_argument("-o", "--output", help="write the report here (atomically) instead of stdout")
     parser.add_argument("--plot", help="PNG with MACs vs accuracy, latency vs ratio, gamma histogram")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
 

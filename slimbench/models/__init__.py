@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from slimbench.data import DATASET_SPECS, DatasetSpec
 from slimbench.models import densenet_cifar, preresnet, resnet_cifar, vgg
 from slimbench.models.torchvision_zoo import TORCHVISION_NAMES, available_torchvision_names, torchvision_builder
 from slimbench.models.weights import extract_state_dict, load_weights
@@ -28,19 +29,7 @@ __all__ = ["ModelInfo", "PaperResult", "RESIDUAL_STYLES", "DATASETS", "get_model
            "list_models"]
 
 
-@dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    num_classes: int
-    input_shape: tuple[int, int, int]
-
-
-DATASETS: dict[str, DatasetInfo] = {
-    "cifar10": DatasetInfo("cifar10", 10, (3, 32, 32)),
-    "cifar100": DatasetInfo("cifar100", 100, (3, 32, 32)),
-    "digits": DatasetInfo("digits", 10, (3, 32, 32)),
-    "ilsvrc12": DatasetInfo("ilsvrc12", 1000, (3, 224, 224)),
-}
+DATASETS = DATASET_SPECS  # the one data-set registry lives beside the loaders (slimbench.data)
 CIFAR_STYLE = ("cifar10", "cifar100", "digits")
 
 
@@ -113,7 +102,7 @@ def _torchvision_residual(name: str) -> str:
     return next((style for prefix, style in _TORCHVISION_RESIDUAL if name.startswith(prefix)), "none")
 
 
-def _check_dataset(dataset: str) -> DatasetInfo:
+def _check_dataset(dataset: str) -> DatasetSpec:
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
     return DATASETS[dataset]

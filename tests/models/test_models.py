@@ -277,7 +277,7 @@ def test_one_resolver_for_cli_and_report():
     on_digits = resolve_info("resnet18", "digits", any_architecture=True)  # what slimbench report runs
     assert (on_digits.dataset, on_digits.input_shape, on_digits.num_classes) == ("digits", (3, 32, 32), 10)
     assert on_digits.residual == "post-activation"
-    with pytest.raises(ValueError, match="dataset='ilsvrc12'"):
+    with pytest.raises(ValueError, match="is a torchvision \\(ILSVRC12\\) model; use --dataset ilsvrc12"):
         resolve_info("resnet18", "digits")
     with pytest.raises(ValueError, match="did you mean 'resnet56'"):
         resolve_info("resnet65", "digits", any_architecture=True)

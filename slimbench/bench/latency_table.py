@@ -13,10 +13,17 @@ linear calibration ``measured = scale * sum(layer costs) + constant`` fitted on 
 What is sampled. Backends work on channel blocks, so latency is a staircase in the kept widths. A
 probe first times the widest conv at every multiple of 4 output channels (up to 64) and picks the
 widest block (16, 8 or 4) over which the cost is flat; every conv is then timed only at the ends of
-those blocks (and at its full width), once along its output channels (input full) and once along
-its input channels (output full). ``cost(cin, cout) = out(cout) * in(cin) / full`` (a rank-1 model:
-exact for the MACs term, which is bilinear in the widths), each curve read at the smallest sampled
-width >= the kept one (the staircase). Depthwise convs have one curve (in = out = groups).
+those blocks, at each end - 1 of the output channels (misaligned widths can cost more than the aligned
+end above them; measured here, input channels show no such penalty),
+every 4 channels inside the first block, and at its full width, once along its output channels
+(input full) and once along its input channels (output full).
+``cost(cin, cout) = out(cout) * in(cin) / full`` (a rank-1 model: exact for the MACs term, which is
+bilinear in the widths), each curve read at the smallest sampled width >= the kept one (the
+staircase). Depthwise convs have one curve (in = out = groups).
+
+Each point is the fastest of its interleaved samples (at least 15, each a mean over about 1 ms of
+back-to-back runs): on a loaded machine other processes only ever add time, so the minimum is the
+stable estimate of a layer's own cost (whole-model comparisons keep the harness's medians).
 
 Tables are cached as JSON under ``cache_dir`` keyed by backend, its version, the CPU model and the
 thread count (entries keyed by layer shape and batch): a second build is a file read, and any change
@@ -47,6 +54,7 @@ __all__ = ["LayerSpec", "LatencyTable", "LatencyModel", "layer_specs", "build_ta
 
 FORMAT = "slimbench.latency-table/1"
 PROBE_STEP = 4
+CHUNK = 24  # runners timed together (interleaved) while a table is built
 Factory = Callable[["LayerSpec", int, int], Callable[[], object]]
 
 
@@ -116,8 +124,14 @@ def layer_specs(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], grap
     return specs
 
 
-def _grid(size: int, step: int) -> list[int]:
-    return sorted({*range(step, size, step), size})
+def _grid(size: int, step: int, misaligned: bool = True) -> list[int]:
+    """Widths timed for a layer of ``size`` channels: every 4 inside the first block (input channels
+    below one block are often not blocked), every block end, and each block end - 1 (a misaligned
+    width, which a blocked kernel can run *slower* than the aligned one above it)."""
+    ends = [*range(step, size, step), size]
+    fine = range(PROBE_STEP, min(step, size), PROBE_STEP)
+    slower = [e - 1 for e in ends if misaligned and step > PROBE_STEP and e % step == 0]
+    return sorted({*fine, *ends, *slower})
 
 
 def step_ends(widths: list[int], costs: list[float], tol: float = 0.03) -> list[int]:
@@ -245,17 +259,28 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
     if missing:
         factory = runner_factory or (lambda s, cin, cout: make_runner(
             backend, s.module(cin, cout), s.inputs(cin), threads=threads))
-        options = {"min_time_s": 0.05, "min_rounds": 5, "sample_ms": 2.0, **measure_options}
+        options = {"min_time_s": 0.05, "min_rounds": 15, "sample_ms": 1.0, **measure_options}
 
         def timed(points: list[tuple[LayerSpec, int, int]]) -> dict[tuple, float]:
-            runners = {}
-            for spec, cin, cout in _progress(points, progress, f"latency table ({backend})"):
-                runners[(spec.key, cin, cout)] = factory(spec, cin, cout)
-            names = {f"{k}|{cin}|{cout}": runners[(k, cin, cout)] for k, cin, cout in runners}
-            result = measure(names, threads=threads, backend=backend, clock=clock, **options)
-            table.measured_points += len(names)
-            return {tuple(n.split("|")[:1]) + tuple(int(v) for v in n.split("|")[1:]): t.median_ms
-                    for n, t in result.items()}
+            # chunks of CHUNK runners, interleaved within a chunk: one session per point stays in memory
+            # only while its chunk is timed (vgg19's 512-channel convs weigh 9 MB per session)
+            out: dict[tuple, float] = {}
+            bar = _progress(len(points), progress, f"latency table ({backend})")
+            for first in range(0, len(points), CHUNK):
+                runners = {}
+                for spec, cin, cout in points[first:first + CHUNK]:
+                    runners[f"{spec.key}|{cin}|{cout}"] = factory(spec, cin, cout)
+                result = measure(runners, threads=threads, backend=backend, clock=clock, **options)
+                table.measured_points += len(runners)
+                for name, timing in result.items():
+                    spec_key, cin, cout = name.split("|")
+                    # the fastest sample: on a shared CPU, other processes only ever add time to a layer
+                    out[(spec_key, int(cin), int(cout))] = min(timing.samples_ms)
+                if bar is not None:
+                    bar.update(len(runners))
+            if bar is not None:
+                bar.close()
+            return out
 
         step = _probe_step(missing, timed, tol)
         points = []
@@ -263,7 +288,7 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
             outs = _grid(spec.out_channels, step)
             points += [(spec, w if spec.depthwise else spec.in_channels, w) for w in outs]
             if not spec.depthwise:
-                points += [(spec, w, spec.out_channels) for w in _grid(spec.in_channels, step)
+                points += [(spec, w, spec.out_channels) for w in _grid(spec.in_channels, step, False)
                            if w != spec.in_channels]
         times = timed(points)
         for spec in missing:
@@ -271,7 +296,7 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
             out = [[w, times[(spec.key, w if spec.depthwise else spec.in_channels, w)]]
                    for w in _grid(spec.out_channels, step)]
             inn = [[w, times[(spec.key, w, spec.out_channels)] if w != spec.in_channels else full]
-                   for w in _grid(spec.in_channels, step)]
+                   for w in _grid(spec.in_channels, step, False)]
             table.entries[spec.key] = {"step": step, "out": out, "in": out if spec.depthwise else inn}
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -290,12 +315,12 @@ def _probe_step(specs: list[LayerSpec], timed, tol: float) -> int:
     return _detect_step(widths, [times[(widest.key, cin(w), w)] for w in widths], tol)
 
 
-def _progress(items: list, enabled: bool, desc: str):
+def _progress(total: int, enabled: bool, desc: str):
     if not enabled:
-        return items
+        return None
     from tqdm.auto import tqdm
 
-    return tqdm(items, desc=desc, unit="layer", leave=False)
+    return tqdm(total=total, desc=desc, unit="point", leave=False)
 
 
 @dataclass

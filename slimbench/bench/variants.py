@@ -32,29 +32,34 @@ class Variant:
     residual: str = "keep"
     branches: str = "keep"
     round_to: int = 1
+    widths: str = "channels"  # "latency": latency-aware widths (slimbench.pruning.latency_aware)
 
     @property
     def label(self) -> str:
         extra = {("keep", "remove"): "+branch-removal", ("select", "keep"): "+channel-selection",
                  ("shared", "keep"): "+shared-residual"}.get((self.residual, self.branches), "")
         rounding = f"+round{self.round_to}" if self.round_to > 1 else ""
-        return f"{self.method}{extra}{rounding}"
+        aware = "+latency-widths" if self.widths == "latency" else ""
+        return f"{self.method}{extra}{rounding}{aware}"
 
     def key(self, model: str) -> str:
         """Stable case name, e.g. ``resnet56/network_slimming+branch-removal/0.5``."""
         return f"{model}/{self.label}/{self.ratio:g}"
 
     def plan_options(self) -> dict:
-        return dict(method=self.method, ratio=self.ratio, residual=self.residual, branches=self.branches,
-                    round_to=self.round_to)
+        options = dict(method=self.method, ratio=self.ratio, residual=self.residual, branches=self.branches,
+                       round_to=self.round_to)
+        return options if self.widths == "channels" else {**options, "widths": self.widths, "round_to": 1}
 
 
 UNPRUNED = Variant("unpruned")
 
 
 def variants_for(family: str, *, ratios: Sequence[float] = DEFAULT_RATIOS, methods: Sequence[str] = METHODS,
-                 extras: bool = True, round_to: int = 1) -> list[Variant]:
-    """The unpruned model, every method x ratio, and the family's residual variants (network slimming)."""
+                 extras: bool = True, round_to: int = 1, latency_aware: bool = False) -> list[Variant]:
+    """The unpruned model, every method x ratio, and the family's residual variants (network slimming);
+    ``latency_aware``: one more row, network slimming at the middle ratio with latency-aware widths
+    (it measures a latency table on this machine, so counts are not fixed baselines)."""
     for r in ratios:
         if not 0.0 < r < 1.0:
             raise ValueError(f"ratio {r} is outside (0, 1); pass ratios such as 0.3 0.5 0.7")
@@ -63,6 +68,8 @@ def variants_for(family: str, *, ratios: Sequence[float] = DEFAULT_RATIOS, metho
         out += [Variant("network_slimming", r, branches="remove", round_to=round_to) for r in ratios]
     if extras and family in _SELECT_FAMILIES:
         out += [Variant("network_slimming", r, residual="select", round_to=round_to) for r in ratios]
+    if latency_aware:
+        out.append(Variant("network_slimming", sorted(ratios)[len(ratios) // 2], widths="latency"))
     return out
 
 

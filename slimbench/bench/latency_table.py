@@ -49,13 +49,20 @@ from slimbench.analysis.graph import ChannelGraph
 from slimbench.bench.latency import make_runner, measure
 from slimbench.core.atomic import atomic_write_text
 
-__all__ = ["LayerSpec", "LatencyTable", "LatencyModel", "layer_specs", "build_table", "table_key",
+__all__ = ["fastest", "LayerSpec", "LatencyTable", "LatencyModel", "layer_specs", "build_table", "table_key",
            "step_ends", "default_cache_dir"]
 
 FORMAT = "slimbench.latency-table/1"
 PROBE_STEP = 4
 CHUNK = 24  # runners timed together (interleaved) while a table is built
 Factory = Callable[["LayerSpec", int, int], Callable[[], object]]
+
+
+def fastest(timing) -> float:
+    """The fastest sample of a ``Timing`` (ms): what the latency model measures with. On a shared CPU
+    other processes only ever add time, so on a loaded machine the minimum is far steadier than the
+    median (the report and the suites' speedups keep the harness's medians, and say their IQR)."""
+    return float(min(timing.samples_ms))
 
 
 @dataclass(frozen=True)
@@ -275,7 +282,7 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
                 for name, timing in result.items():
                     spec_key, cin, cout = name.split("|")
                     # the fastest sample: on a shared CPU, other processes only ever add time to a layer
-                    out[(spec_key, int(cin), int(cout))] = min(timing.samples_ms)
+                    out[(spec_key, int(cin), int(cout))] = fastest(timing)
                 if bar is not None:
                     bar.update(len(runners))
             if bar is not None:

@@ -2,9 +2,10 @@
 
 ``slimbench.plan`` and ``Analysis.plan`` call :func:`resolve_latency` when ``target_latency`` or
 ``widths="latency"`` is asked without a ready ``latency=`` model: the layer table is measured (or
-read from the cache), then calibrated on two whole-model runs timed interleaved, the unpruned model
-and a uniformly half-pruned one. The pruning function is passed in (this module sits between
-``plan`` and ``surgery`` and imports neither's caller).
+read from the cache), then calibrated (least squares: scale and constant) on whole-model runs timed
+interleaved, the unpruned model and uniformly pruned ones at ratios 0.3, 0.5, 0.7 (every time is
+the fastest interleaved sample, see ``latency_table.fastest``). The pruning function is passed in:
+this module sits between ``plan`` and ``surgery`` and imports neither's caller.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from torch import Tensor, nn
 
 from slimbench.analysis.graph import ChannelGraph, build_graph
 from slimbench.bench.latency import make_runner, measure
-from slimbench.bench.latency_table import LatencyModel, build_table, layer_specs
+from slimbench.bench.latency_table import LatencyModel, build_table, fastest, layer_specs
 from slimbench.core.inputs import ExampleInputs, as_example_inputs, unwrap
 from slimbench.pruning.options import LATENCY_KEYS
 from slimbench.pruning.plan import PruningPlan, keep_from_plan, make_plan
 
 __all__ = ["latency_model", "resolve_latency"]
 
+CALIBRATION_RATIOS = (0.3, 0.5, 0.7)  # uniformly pruned models timed with the unpruned one to fit the model
 PruneFn = Callable[[PruningPlan], nn.Module]
 
 
@@ -51,21 +53,23 @@ def latency_model(model: nn.Module, example_inputs: ExampleInputs, *, prune_fn: 
     if not calibrate:
         return lm
     reference = make_runner(backend, source, inputs, threads=threads)
-    half_plan = make_plan(source, inputs, method="uniform", ratio=0.5, residual=graph.options.get("residual", "keep"),
-                          graph=graph, warn=False)
-    half = make_runner(backend, prune_fn(half_plan), inputs, threads=threads)
-    timings = measure({"full": reference, "half": half}, threads=threads, backend=backend, min_time_s=1.0,
-                      min_rounds=20)
-    keep, removed = keep_from_plan(graph, half_plan)
-    lm.calibrate([(lm.layer_sum(), timings["full"].median_ms),
-                  (lm.layer_sum(keep, removed), timings["half"].median_ms)])
-    lm.reference_ms = timings["full"].median_ms
+    residual = graph.options.get("residual", "keep")
+    plans = {r: make_plan(source, inputs, method="uniform", ratio=r, residual=residual, graph=graph, warn=False)
+             for r in CALIBRATION_RATIOS}
+    runners = {"full": reference, **{r: make_runner(backend, prune_fn(p), inputs, threads=threads)
+                                     for r, p in plans.items()}}
+    timings = measure(runners, threads=threads, backend=backend, min_time_s=1.0, min_rounds=20)
+    points = [(lm.layer_sum(), fastest(timings["full"]))]
+    for r, plan in plans.items():
+        points.append((lm.layer_sum(*keep_from_plan(graph, plan)), fastest(timings[r])))
+    lm.calibrate(points)
+    lm.reference_ms = fastest(timings["full"])
 
     def measure_fn(plan: PruningPlan) -> float:
         pruned = make_runner(backend, prune_fn(plan), inputs, threads=threads)
         result = measure({"full": reference, "pruned": pruned}, threads=threads, backend=backend, min_time_s=1.0,
                          min_rounds=20)
-        return result["pruned"].median_ms / result["full"].median_ms
+        return fastest(result["pruned"]) / fastest(result["full"])
 
     lm.measure_fn = measure_fn
     return lm

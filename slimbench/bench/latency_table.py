@@ -17,9 +17,11 @@ those blocks, at each end - 1 of the output channels (misaligned widths can cost
 end above them; measured here, input channels show no such penalty),
 every 4 channels inside the first block, and at its full width, once along its output channels
 (input full) and once along its input channels (output full).
-``cost(cin, cout) = out(cout) * in(cin) / full`` (a rank-1 model: exact for the MACs term, which is
-bilinear in the widths), each curve read at the smallest sampled width >= the kept one (the
-staircase). Depthwise convs have one curve (in = out = groups).
+``cost(cin, cout) = a + (out(cout) - a) * (in(cin) - a) / (full - a)``: rank-1 in the widths (exact
+for the MACs term, which is bilinear) above a width-independent floor ``a`` that one more sample,
+both widths at their smallest, pins down (without it small spatial maps, where overhead dominates,
+were predicted far too cheap when both widths shrink); each curve is read at the smallest sampled
+width >= the kept one (the staircase). Depthwise convs have one curve (in = out = groups).
 
 Each point is the fastest of its interleaved samples (at least 15, each a mean over about 1 ms of
 back-to-back runs): on a loaded machine other processes only ever add time, so the minimum is the
@@ -52,7 +54,7 @@ from slimbench.core.atomic import atomic_write_text
 __all__ = ["fastest", "LayerSpec", "LatencyTable", "LatencyModel", "layer_specs", "build_table", "table_key",
            "step_ends", "default_cache_dir"]
 
-FORMAT = "slimbench.latency-table/1"
+FORMAT = "slimbench.latency-table/2"  # /2: entries carry the corner sample
 PROBE_STEP = 4
 CHUNK = 24  # runners timed together (interleaved) while a table is built
 Factory = Callable[["LayerSpec", int, int], Callable[[], object]]
@@ -208,7 +210,8 @@ class LatencyTable:
         if spec.depthwise:
             return out
         full = _staircase(entry["out"], spec.out_channels)
-        return out * _staircase(entry["in"], cin) / full
+        floor = _floor(entry, full)
+        return floor + (out - floor) * (_staircase(entry["in"], cin) - floor) / (full - floor)
 
     def ends(self, spec: LayerSpec, axis: str = "out", tol: float = 0.03) -> list[int]:
         widths, costs = zip(*self.entries[spec.key][axis], strict=True)
@@ -228,6 +231,19 @@ class LatencyTable:
         return cls(data["key"], data["entries"])
 
 
+def _floor(entry: dict, full: float) -> float:
+    """The width-independent part of a conv's cost, from the corner sample (both widths at their
+    smallest): ``cost = floor + (out - floor) * (in - floor) / (full - floor)`` must give the corner."""
+    corner = entry.get("corner")
+    if corner is None:
+        return 0.0
+    o, i = entry["out"][0][1], entry["in"][0][1]
+    denominator = full + corner - o - i
+    if abs(denominator) < 1e-12:
+        return 0.0
+    return float(min(max((corner * full - o * i) / denominator, 0.0), 0.9 * min(o, i, full)))
+
+
 def _staircase(points: list[list[float]], width: int) -> float:
     for w, ms in points:  # sorted by width
         if w >= width:
@@ -236,7 +252,7 @@ def _staircase(points: list[list[float]], width: int) -> float:
 
 
 def _cache_path(cache_dir: Path, key: dict) -> Path:
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    digest = hashlib.sha1((FORMAT + json.dumps(key, sort_keys=True)).encode()).hexdigest()[:16]
     return cache_dir / f"{key['backend']}-{key['threads']}t-{digest}.json"
 
 
@@ -297,6 +313,9 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
             if not spec.depthwise:
                 points += [(spec, w, spec.out_channels) for w in _grid(spec.in_channels, step, False)
                            if w != spec.in_channels]
+                corner = (_grid(spec.in_channels, step, False)[0], _grid(spec.out_channels, step)[0])
+                if corner != (spec.in_channels, spec.out_channels):
+                    points.append((spec, *corner))
         times = timed(points)
         for spec in missing:
             full = times[(spec.key, spec.in_channels, spec.out_channels)]
@@ -305,6 +324,9 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
             inn = [[w, times[(spec.key, w, spec.out_channels)] if w != spec.in_channels else full]
                    for w in _grid(spec.in_channels, step, False)]
             table.entries[spec.key] = {"step": step, "out": out, "in": out if spec.depthwise else inn}
+            corner = (_grid(spec.in_channels, step, False)[0], _grid(spec.out_channels, step)[0])
+            if not spec.depthwise and corner != (spec.in_channels, spec.out_channels):
+                table.entries[spec.key]["corner"] = times[(spec.key, *corner)]
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             table.save(path)

@@ -28,18 +28,19 @@ STEP = 8
 class FakeBackend:
     """Runners that advance a simulated clock by a staircase cost: ceil(cin/8) * ceil(cout/8) blocks."""
 
-    def __init__(self, step: int = STEP) -> None:
+    def __init__(self, step: int = STEP, overhead: float = 0.0) -> None:
         self.now = 0.0
         self.step = step
+        self.overhead = overhead
         self.calls: list[tuple[str, int, int]] = []
 
     def clock(self) -> float:
         return self.now
 
     def cost(self, spec, cin: int, cout: int) -> float:
-        # bilinear (no constant term): the table's rank-1 model is then exact
+        # a constant plus a bilinear term: the table's floor + rank-1 model is then exact
         blocks = math.ceil(cout / self.step) * (1 if spec.depthwise else math.ceil(cin / self.step))
-        return 1e-6 * blocks * spec.kernel[0] * spec.kernel[1] * spec.height * spec.width / 64
+        return self.overhead + 1e-6 * blocks * spec.kernel[0] * spec.kernel[1] * spec.height * spec.width / 64
 
     def factory(self, spec, cin: int, cout: int):
         self.calls.append((spec.key, cin, cout))
@@ -91,6 +92,15 @@ def test_fake_staircase_yields_its_step_ends_exactly(resnet20, tmp_path):
             assert table.cost(spec, cin, cout) == pytest.approx(fake.cost(spec, cin, cout) * 1e3, rel=1e-6)
     sampled = {c for _, cin, cout in fake.calls for c in (cin, cout)}
     assert sampled <= {3, *range(4, 65, 4), *range(7, 64, 8)}  # block ends (and end - 1), never every width
+
+
+def test_a_width_independent_overhead_is_separated_by_the_corner_sample(resnet20, tmp_path):
+    *_, specs = resnet20
+    fake = FakeBackend(overhead=5e-5)
+    table = _build(specs, fake, tmp_path)
+    spec = specs["layer3.1.conv1"]
+    for cin, cout in [(8, 8), (16, 48), (64, 8), (64, 64)]:
+        assert table.cost(spec, cin, cout) == pytest.approx(fake.cost(spec, cin, cout) * 1e3, rel=1e-6)
 
 
 def test_probe_picks_16_and_4(resnet20, tmp_path):

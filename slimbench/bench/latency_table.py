@@ -305,7 +305,9 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
                 bar.close()
             return out
 
-        step = _probe_step(missing, timed, tol)
+        # the block is the machine's: a table that already has entries keeps their step
+        steps = [e["step"] for e in table.entries.values()]
+        step = max(set(steps), key=steps.count) if steps else _probe_step(missing, timed, tol)
         points = []
         for spec in missing:
             outs = _grid(spec.out_channels, step)
@@ -335,7 +337,10 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
 
 
 def _probe_step(specs: list[LayerSpec], timed, tol: float) -> int:
-    widest = max(specs, key=lambda s: s.out_channels)
+    """The backend's channel block, probed on the conv with the most work per output channel among
+    those with >= 32 outputs (tiny spatial maps are overhead-bound and show no blocks)."""
+    wide = [s for s in specs if s.out_channels >= 32] or list(specs)
+    widest = max(wide, key=lambda s: s.in_channels * s.height * s.width * s.kernel[0] * s.kernel[1])
     if widest.out_channels < 2 * PROBE_STEP:
         return PROBE_STEP
     widths = list(range(PROBE_STEP, min(widest.out_channels, 64) + 1, PROBE_STEP))

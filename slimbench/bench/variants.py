@@ -33,30 +33,35 @@ class Variant:
     residual: str = "keep"
     branches: str = "keep"
     round_to: int = 1
+    widths: str = "channels"  # "latency": latency-aware widths (slimbench.pruning.latency_aware)
 
     @property
     def label(self) -> str:
         extra = {("keep", "remove"): "+branch-removal", ("select", "keep"): "+channel-selection",
                  ("shared", "keep"): "+shared-residual"}.get((self.residual, self.branches), "")
         rounding = f"+round{self.round_to}" if self.round_to > 1 else ""
-        return f"{self.method}{extra}{rounding}"
+        aware = "+latency-widths" if self.widths == "latency" else ""
+        return f"{self.method}{extra}{rounding}{aware}"
 
     def key(self, model: str) -> str:
         """Stable case name, e.g. ``resnet56/network_slimming+branch-removal/0.5``."""
         return f"{model}/{self.label}/{self.ratio:g}"
 
     def plan_options(self) -> dict:
-        return dict(method=self.method, ratio=self.ratio, residual=self.residual, branches=self.branches,
-                    round_to=self.round_to)
+        options = dict(method=self.method, ratio=self.ratio, residual=self.residual, branches=self.branches,
+                       round_to=self.round_to)
+        return options if self.widths == "channels" else {**options, "widths": self.widths, "round_to": 1}
 
 
 UNPRUNED = Variant("unpruned")
 
 
 def variants_for(residual: str, *, ratios: Sequence[float] = DEFAULT_RATIOS, methods: Sequence[str] = METHODS,
-                 extras: bool = True, round_to: int = 1) -> list[Variant]:
+                 extras: bool = True, round_to: int = 1, latency_aware: bool = False) -> list[Variant]:
     """The unpruned model, every method x ratio, and the network-slimming variants that the model's
-    residual style (``ModelInfo.residual``: "none", "post-activation", "pre-activation") adds."""
+    residual style (``ModelInfo.residual``: "none", "post-activation", "pre-activation") adds;
+    ``latency_aware``: one more row, network slimming at the middle ratio with latency-aware widths
+    (it measures a latency table on this machine, so counts are not fixed baselines)."""
     if residual not in _RESIDUAL_EXTRAS:
         raise ValueError(f"unknown residual style {residual!r}; choose from {', '.join(_RESIDUAL_EXTRAS)} "
                          "(pass slimbench.models.model_info(name).residual)")
@@ -67,6 +72,8 @@ def variants_for(residual: str, *, ratios: Sequence[float] = DEFAULT_RATIOS, met
     extra = _RESIDUAL_EXTRAS[residual]
     if extras and extra:
         out += [Variant("network_slimming", r, round_to=round_to, **extra) for r in ratios]
+    if latency_aware:
+        out.append(Variant("network_slimming", sorted(ratios)[len(ratios) // 2], widths="latency"))
     return out
 
 

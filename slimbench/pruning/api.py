@@ -68,6 +68,12 @@ class Analysis:
         if "leaf_modules" in options:
             raise SlimbenchValueError("leaf_modules is fixed when the model is analysed; pass it to slimbench.analyze")
         residual = options.pop("residual", self.residual)
+        if options.get("target_latency") is not None or options.get("widths") == "latency":
+            from slimbench.pruning.latency_model import resolve_latency
+
+            options["residual"] = residual
+            resolve_latency(self.model, self.example_inputs, options, self.prune, graph=self.graph(residual))
+            del options["residual"]
         return make_plan(self.model, self.example_inputs, residual=residual, graph=self.graph(residual),
                          leaf_modules=self.leaf_modules, **options)
 

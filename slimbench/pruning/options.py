@@ -25,7 +25,9 @@ RESIDUAL_MODES = ("keep", "shared", "select")
 BRANCH_MODES = ("keep", "remove")
 DEFAULT_RATIO = 0.5
 KEYWORDS = ("method", "ratio", "target_macs", "round_to", "residual", "branches", "importance",
-            "ignored_layers", "layer_ratios", "leaf_modules")
+            "ignored_layers", "layer_ratios", "leaf_modules", "target_latency", "widths", "latency")
+WIDTHS = ("channels", "latency")
+LATENCY_KEYS = ("backend", "threads", "cache_dir", "progress")
 # what users of netslim / Torch-Pruning write, and what slimbench calls it
 _ALIASES = {"prune_ratio": "ratio", "prune_method": "method", "channel_select": "residual='select'",
             "pruning_ratio": "ratio", "pruning_ratio_dict": "layer_ratios", "round_to_multiple": "round_to",
@@ -45,6 +47,9 @@ class PlanOptions:
     layer_ratios: dict[str, float] = field(default_factory=dict)
     criterion_options: dict = field(default_factory=dict)
     ratio_given: bool = False
+    target_latency: float | None = None  # fraction of the unpruned model's measured latency to keep
+    widths: str = "channels"  # "latency": widths at the ends of latency steps (latency_aware.py)
+    latency: object = None  # a LatencyModel, or {"backend", "threads", "cache_dir", "progress"} to build one
 
     def record(self) -> dict:
         """The JSON-serialisable options a plan stores."""
@@ -55,6 +60,8 @@ class PlanOptions:
             out["ignored_layers"] = list(self.ignored_layers)
         if self.layer_ratios:
             out["layer_ratios"] = dict(self.layer_ratios)
+        if self.target_latency is not None or self.widths != "channels":
+            out.update(target_latency=self.target_latency, widths=self.widths)
         return out
 
 
@@ -117,7 +124,8 @@ def _layer_names(value, model: nn.Module, what: str) -> list[str]:
 
 def check_options(model: nn.Module, *, method: str, ratio, target_macs, round_to, residual: str,
                   branches: str, importance, ignored_layers, layer_ratios,
-                  criterion_options: Mapping) -> PlanOptions:
+                  criterion_options: Mapping, target_latency=None, widths: str = "channels",
+                  latency=None) -> PlanOptions:
     criterion = get_criterion(method)
     foreign = [k for k in criterion_options if k not in {o for c in CRITERIA.values() for o in c.options}]
     if foreign:
@@ -126,6 +134,10 @@ def check_options(model: nn.Module, *, method: str, ratio, target_macs, round_to
                for k, v in criterion_options.items() if v is not None}
     criterion.check(options)
     amount = [k for k in criterion.sets_amount if k in options]
+    if target_latency is not None and (ratio is not None or target_macs is not None or amount):
+        given = "ratio" if ratio is not None else "target_macs" if target_macs is not None else amount[0]
+        raise SlimbenchValueError(f"target_latency (the fraction of the measured latency to keep) decides how much is "
+                         f"pruned, so {given} would be ignored; pass one or the other")
     if amount and (ratio is not None or target_macs is not None):
         given = "ratio" if ratio is not None else "target_macs"
         raise SlimbenchValueError(f"{amount[0]}={options[amount[0]]!r} decides how much {method} prunes, so "
@@ -134,7 +146,7 @@ def check_options(model: nn.Module, *, method: str, ratio, target_macs, round_to
         raise SlimbenchValueError("pass ratio (the fraction of prunable channels to remove) or target_macs (the "
                          "fraction of MACs to keep), not both")
     ratio_given = ratio is not None
-    if ratio is None and target_macs is None and not amount:
+    if ratio is None and target_macs is None and target_latency is None and not amount:
         ratio = DEFAULT_RATIO
     if ratio is not None:
         ratio = as_number(ratio, "ratio")
@@ -157,9 +169,12 @@ def check_options(model: nn.Module, *, method: str, ratio, target_macs, round_to
         with_threshold = [c.name for c in CRITERIA.values() if c.threshold is not None]
         raise SlimbenchValueError(f"branches='remove' compares a branch's importance with a global threshold, which "
                          f"{method!r} does not have; use it with method={' or '.join(map(repr, with_threshold))}")
-    if branches == "remove" and ratio is None and target_macs is None:
+    if branches == "remove" and ratio is None and target_macs is None and target_latency is None:
         raise SlimbenchValueError(f"branches='remove' needs ratio or target_macs to set the threshold, not "
                          f"{amount[0]}")
+    _check_latency(target_latency, widths, latency, round_to, branches)
+    if target_latency is not None:
+        target_latency = as_number(target_latency, "target_latency")
     resolve_importance(importance)
     ignored = tuple(_layer_names(ignored_layers, model, "ignored_layers"))
     if not isinstance(layer_ratios, Mapping):
@@ -174,4 +189,31 @@ def check_options(model: nn.Module, *, method: str, ratio, target_macs, round_to
                              f"channels to remove), got {value!r}")
         ratios[name] = value
     return PlanOptions(criterion, ratio, target_macs, round_to, residual, branches, importance, ignored,
-                       ratios, options, ratio_given)
+                       ratios, options, ratio_given, target_latency, widths, latency)
+
+
+def _check_latency(target_latency, widths, latency, round_to: int, branches: str) -> None:
+    """target_latency / widths / latency (latency-aware planning, ``slimbench.pruning.latency_aware``)."""
+    if target_latency is not None:
+        value = as_number(target_latency, "target_latency")
+        if not 0 < value <= 1:
+            raise ValueError(f"target_latency must be in (0, 1], the fraction of the unpruned model's measured "
+                             f"latency to keep; got {target_latency!r}")
+    if widths not in WIDTHS:
+        raise ValueError(f"widths must be one of {WIDTHS} ('latency': each layer keeps a width at the end of a "
+                         f"measured latency step), got {widths!r}")
+    if widths == "latency" and round_to > 1:
+        raise ValueError(f"widths='latency' chooses each layer's width from its measured latency steps, so "
+                         f"round_to={round_to} would be ignored; pass one or the other")
+    if widths == "latency" and branches == "remove":
+        raise ValueError("widths='latency' does not remove residual branches; use branches='keep' with it")
+    if latency is not None and target_latency is None and widths == "channels":
+        raise ValueError("latency= configures latency-aware planning; pass it with target_latency or "
+                         "widths='latency'")
+    if isinstance(latency, Mapping):
+        unknown = sorted(set(latency) - set(LATENCY_KEYS))
+        if unknown:
+            raise ValueError(f"latency: unknown setting {unknown[0]!r}; the settings are {', '.join(LATENCY_KEYS)}")
+    elif latency is not None and not hasattr(latency, "predict"):
+        raise ValueError(f"latency must be a LatencyModel (slimbench.pruning.latency_aware.latency_model) or a "
+                         f"dict of {', '.join(LATENCY_KEYS)}; got {type(latency).__name__}")

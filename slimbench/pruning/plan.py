@@ -97,7 +97,8 @@ def make_plan(model: nn.Module, example_inputs: ExampleInputs, *, method: str = 
               ratio: float | None = None, target_macs: float | None = None, round_to: int = 1,
               residual: str = "keep", branches: str = "keep", importance: str | Importance = "gamma",
               ignored_layers=(), layer_ratios: dict[str, float] | None = None, leaf_modules=(),
-              graph: ChannelGraph | None = None, warn: bool = True, **criterion_options) -> PruningPlan:
+              graph: ChannelGraph | None = None, warn: bool = True, target_latency: float | None = None,
+              widths: str = "channels", latency=None, **criterion_options) -> PruningPlan:
     """Decide which channels to remove; see ``slimbench.plan`` for the options.
 
     ``graph``: a channel graph of this model traced with the same ``residual`` mode (what
@@ -106,7 +107,8 @@ def make_plan(model: nn.Module, example_inputs: ExampleInputs, *, method: str = 
     opts = check_options(unwrap(model), method=method, ratio=ratio, target_macs=target_macs,
                          round_to=round_to, residual=residual, branches=branches, importance=importance,
                          ignored_layers=ignored_layers, layer_ratios=layer_ratios or {},
-                         criterion_options=criterion_options)
+                         criterion_options=criterion_options, target_latency=target_latency, widths=widths,
+                         latency=latency)
     inputs = as_example_inputs(example_inputs)
     if graph is None:
         graph = build_graph(model, inputs, residual=residual, leaf_modules=leaf_modules)
@@ -119,7 +121,7 @@ def make_plan(model: nn.Module, example_inputs: ExampleInputs, *, method: str = 
             options = dict(method=method, ratio=ratio, target_macs=target_macs, round_to=round_to,
                            residual=residual, branches=branches, importance=importance,
                            ignored_layers=ignored_layers, layer_ratios=layer_ratios, leaf_modules=leaf_modules,
-                           **criterion_options)
+                           target_latency=target_latency, widths=widths, latency=latency, **criterion_options)
             options.update(changes)
             return make_plan(model, inputs, warn=False, **options)
 
@@ -148,8 +150,10 @@ def plan_on_graph(model: nn.Module, inputs: tuple[Tensor, ...], graph: ChannelGr
     kept_branches = {b.bn for b in graph.branches if b.bn in ignored_bns or any(
         m == n or m.startswith(n + ".") or not n for m in b.modules for n in opts.ignored_layers)}
 
-    def decide(r: float | None):
-        prune = np.asarray(criterion.fn(importance, pool, layers, ratio=r, **opts.criterion_options), dtype=bool)
+    def decide(r: float | None, chosen: np.ndarray | None = None):
+        # chosen: the pool's prune decision made elsewhere (latency-aware widths) instead of the criterion's
+        prune = chosen.copy() if chosen is not None else \
+            np.asarray(criterion.fn(importance, pool, layers, ratio=r, **opts.criterion_options), dtype=bool)
         if prune.shape != (graph.n_classes,):
             raise SlimbenchValueError(
                 f"criterion {criterion.name!r} returned {prune.shape}, expected one bool per class "
@@ -171,6 +175,14 @@ def plan_on_graph(model: nn.Module, inputs: tuple[Tensor, ...], graph: ChannelGr
     def macs(attempt) -> int:
         return graph.macs(~attempt[0][graph.class_of], attempt[2])
 
+    if opts.target_latency is not None or opts.widths == "latency":
+        from slimbench.pruning.latency_aware import latency_search
+
+        def finish(attempt, r):
+            return _to_plan(graph, ~attempt[0][graph.class_of], attempt[1], attempt[2], criterion.name, r, inputs,
+                            base, opts.record())
+
+        return latency_search(graph, opts, decide, finish, importance, pool)
     if opts.target_macs is None:
         prune, names, removed_modules = decide(opts.ratio)
         ratio = opts.ratio

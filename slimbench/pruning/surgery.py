@@ -41,7 +41,16 @@ def plan(model: nn.Module, example_inputs: ExampleInputs, *, method: str = "netw
     ``layer_ratios``: ``{bn_name: ratio}``, that BN's layer pruned by its own ratio.
     A plan that removes < 5 % of the MACs when ratio >= 0.1 was asked warns with the reason and the
     option that would remove more. ``slimbench.analyze`` traces once for many plans.
+    ``target_latency``: fraction of the measured latency to keep; ``widths="latency"``: widths at the ends
+    of measured latency steps; ``latency``: a ``LatencyModel`` or ``{"backend", "threads", "cache_dir"}``
+    (``slimbench.pruning.latency_aware``).
     """
+    if options.get("target_latency") is not None or options.get("widths") == "latency":
+        from slimbench.pruning.latency_model import resolve_latency
+
+        inputs = as_example_inputs(example_inputs)
+        resolve_latency(model, inputs, options, lambda p: prune(model, inputs, plan=p))
+        example_inputs = inputs
     return make_plan(model, example_inputs, method=method, ratio=ratio, **options)
 
 

@@ -1,0 +1,397 @@
+"""Per-layer latency tables: what each conv costs at a kept width, measured, cached, and summed.
+
+How one layer is timed. Each conv (``nn.Conv2d``) is timed as a *one-layer model*, conv + BN + ReLU
+at the layer's real input shape, batch size and thread count, exported and run through the
+harness's own ``make_runner`` and interleaved ``measure``. The alternative, timing the whole model
+with only that layer's width changed, is faithful to cache effects but costs one whole-model export
+and run per sample (minutes for resnet56); the one-layer model costs milliseconds, and layers of the
+same shape (resnet56's 18 identical 16->16 convs) share one entry. What a one-layer model cannot see
+(layout reorders at the model's edges, residual adds, pooling, the classifier) is absorbed by a
+linear calibration ``measured = scale * sum(layer costs) + constant`` fitted on whole-model runs
+(``LatencyModel.calibrate``).
+
+What is sampled. Backends work on channel blocks, so latency is a staircase in the kept widths. A
+probe first times the widest conv at every multiple of 4 output channels (up to 64) and picks the
+widest block (16, 8 or 4) over which the cost is flat; every conv is then timed only at the ends of
+those blocks, at each end - 1 of the output channels (misaligned widths can cost more than the aligned
+end above them; measured here, input channels show no such penalty),
+every 4 channels inside the first block, and at its full width, once along its output channels
+(input full) and once along its input channels (output full).
+``cost(cin, cout) = a + (out(cout) - a) * (in(cin) - a) / (full - a)``: rank-1 in the widths (exact
+for the MACs term, which is bilinear) above a width-independent floor ``a`` that one more sample,
+both widths at their smallest, pins down (without it small spatial maps, where overhead dominates,
+were predicted far too cheap when both widths shrink); each curve is read at the smallest sampled
+width >= the kept one (the staircase). Depthwise convs have one curve (in = out = groups).
+
+Each point is the fastest of its interleaved samples (at least 15, each a mean over about 1 ms of
+back-to-back runs): on a loaded machine other processes only ever add time, so the minimum is the
+stable estimate of a layer's own cost (whole-model comparisons keep the harness's medians).
+
+Tables are cached as JSON under ``cache_dir`` keyed by backend, its version, the CPU model and the
+thread count (entries keyed by layer shape and batch): a second build is a file read, and any change
+of those keys builds a new file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from slimbench.analysis.graph import ChannelGraph
+from slimbench.bench.latency import make_runner, measure
+from slimbench.core.atomic import atomic_write_text
+
+__all__ = ["fastest", "LayerSpec", "LatencyTable", "LatencyModel", "layer_specs", "build_table", "table_key",
+           "step_ends", "default_cache_dir"]
+
+FORMAT = "slimbench.latency-table/2"  # /2: entries carry the corner sample
+PROBE_STEP = 4
+CHUNK = 24  # runners timed together (interleaved) while a table is built
+Factory = Callable[["LayerSpec", int, int], Callable[[], object]]
+
+
+def fastest(timing) -> float:
+    """The fastest sample of a ``Timing`` (ms): what the latency model measures with. On a shared CPU
+    other processes only ever add time, so on a loaded machine the minimum is far steadier than the
+    median (the report and the suites' speedups keep the harness's medians, and say their IQR)."""
+    return float(min(timing.samples_ms))
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """The shape of one timed conv: enough to rebuild it at any kept width."""
+
+    in_channels: int
+    out_channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    depthwise: bool
+    height: int
+    width: int
+    batch: int = 1
+
+    @property
+    def key(self) -> str:
+        k, s, p, d = (f"{a}x{b}" for a, b in (self.kernel, self.stride, self.padding, self.dilation))
+        kind = "dw" if self.depthwise else "conv"
+        return (f"{kind}{self.in_channels}-{self.out_channels}k{k}s{s}p{p}d{d}"
+                f"@{self.batch}x{self.height}x{self.width}")
+
+    def module(self, cin: int, cout: int) -> nn.Module:
+        groups = cout if self.depthwise else 1
+        conv = nn.Conv2d(cin, cout, self.kernel, self.stride, self.padding, self.dilation, groups, bias=False)
+        return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU()).eval()
+
+    def inputs(self, cin: int) -> tuple[torch.Tensor, ...]:
+        return (torch.randn(self.batch, cin, self.height, self.width),)
+
+
+def layer_specs(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], graph: ChannelGraph
+                ) -> dict[str, LayerSpec]:
+    """conv name -> LayerSpec for every plain or depthwise ``nn.Conv2d`` the graph records (other
+    groupings, linears and everything else are left to the calibration constant)."""
+    modules = dict(model.named_modules())
+    wanted = {n: modules[n] for n in graph.convs if isinstance(modules.get(n), nn.Conv2d)}
+    shapes: dict[str, tuple[int, ...]] = {}
+    def record(name: str):
+        def hook(_module, args) -> None:
+            shapes.setdefault(name, tuple(args[0].shape))
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(n)) for n, m in wanted.items()]
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.inference_mode():
+            model(*example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, training in modes.items():
+            m.training = training
+    specs = {}
+    for name, conv in wanted.items():
+        depthwise = conv.groups == conv.in_channels == conv.out_channels and conv.groups > 1
+        if (conv.groups > 1 and not depthwise) or name not in shapes or len(shapes[name]) != 4:
+            continue
+        batch, _, height, width = shapes[name]
+        specs[name] = LayerSpec(conv.in_channels, conv.out_channels, tuple(conv.kernel_size), tuple(conv.stride),
+                                tuple(conv.padding) if not isinstance(conv.padding, str) else (0, 0),
+                                tuple(conv.dilation), depthwise, height, width, batch)
+    return specs
+
+
+def _grid(size: int, step: int, misaligned: bool = True) -> list[int]:
+    """Widths timed for a layer of ``size`` channels: every 4 inside the first block (input channels
+    below one block are often not blocked), every block end, and each block end - 1 (a misaligned
+    width, which a blocked kernel can run *slower* than the aligned one above it)."""
+    ends = [*range(step, size, step), size]
+    fine = range(PROBE_STEP, min(step, size), PROBE_STEP)
+    slower = [e - 1 for e in ends if misaligned and step > PROBE_STEP and e % step == 0]
+    return sorted({*fine, *ends, *slower})
+
+
+def step_ends(widths: list[int], costs: list[float], tol: float = 0.03) -> list[int]:
+    """The widths worth keeping: those every larger width costs more than (by more than ``tol``)."""
+    ends, cheapest = [], float("inf")
+    for w, c in sorted(zip(widths, costs, strict=True), reverse=True):
+        if c < cheapest * (1 - tol):
+            ends.append(w)
+            cheapest = c
+    return sorted(ends)
+
+
+def _detect_step(widths: list[int], costs: list[float], tol: float) -> int:
+    """The widest block (16, 8, 4) over which the probe's cost stays flat within ``tol``."""
+    table = dict(zip(widths, costs, strict=True))
+    for step in (16, 8):
+        blocks = [[table[w] for w in widths if hi - step < w <= hi] for hi in range(step, max(widths) + 1, step)]
+        blocks = [b for b in blocks if len(b) > 1]
+        if blocks and all(max(b) <= min(b) * (1 + tol) for b in blocks):
+            return step
+    return PROBE_STEP
+
+
+def backend_version(backend: str) -> str:
+    if backend == "ort":
+        import onnxruntime
+
+        return onnxruntime.__version__
+    if backend == "openvino":
+        import openvino
+
+        return openvino.__version__
+    return torch.__version__
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def table_key(backend: str, threads: int, version: str | None = None, cpu: str | None = None) -> dict:
+    return {"backend": backend, "version": version or backend_version(backend), "cpu": cpu or cpu_model(),
+            "threads": int(threads)}
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SLIMBENCH_CACHE", Path.home() / ".cache" / "slimbench")) / "latency"
+
+
+@dataclass
+class LatencyTable:
+    """Measured curves per layer shape (ms): ``{spec key: {"step", "out": [[w, ms]], "in": [[w, ms]]}}``."""
+
+    key: dict
+    entries: dict[str, dict] = field(default_factory=dict)
+    build_seconds: float = 0.0
+    measured_points: int = 0
+
+    def cost(self, spec: LayerSpec, cin: int, cout: int) -> float:
+        entry = self.entries[spec.key]
+        out = _staircase(entry["out"], cout)
+        if spec.depthwise:
+            return out
+        full = _staircase(entry["out"], spec.out_channels)
+        floor = _floor(entry, full)
+        return floor + (out - floor) * (_staircase(entry["in"], cin) - floor) / (full - floor)
+
+    def ends(self, spec: LayerSpec, axis: str = "out", tol: float = 0.03) -> list[int]:
+        widths, costs = zip(*self.entries[spec.key][axis], strict=True)
+        return step_ends(list(widths), list(costs), tol)
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "key": self.key, "entries": self.entries}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1, sort_keys=True))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LatencyTable:
+        data = json.loads(Path(path).read_text())
+        if data.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a slimbench latency table (format {data.get('format')!r})")
+        return cls(data["key"], data["entries"])
+
+
+def _floor(entry: dict, full: float) -> float:
+    """The width-independent part of a conv's cost, from the corner sample (both widths at their
+    smallest): ``cost = floor + (out - floor) * (in - floor) / (full - floor)`` must give the corner."""
+    corner = entry.get("corner")
+    if corner is None:
+        return 0.0
+    o, i = entry["out"][0][1], entry["in"][0][1]
+    denominator = full + corner - o - i
+    if abs(denominator) < 1e-12:
+        return 0.0
+    return float(min(max((corner * full - o * i) / denominator, 0.0), 0.9 * min(o, i, full)))
+
+
+def _staircase(points: list[list[float]], width: int) -> float:
+    for w, ms in points:  # sorted by width
+        if w >= width:
+            return float(ms)
+    return float(points[-1][1])
+
+
+def _cache_path(cache_dir: Path, key: dict) -> Path:
+    digest = hashlib.sha1((FORMAT + json.dumps(key, sort_keys=True)).encode()).hexdigest()[:16]
+    return cache_dir / f"{key['backend']}-{key['threads']}t-{digest}.json"
+
+
+def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: str = "ort", threads: int = 1,
+                cache_dir: str | os.PathLike | None = None, runner_factory: Factory | None = None,
+                clock: Callable[[], float] = time.perf_counter, key: dict | None = None, tol: float = 0.03,
+                progress: bool = True, **measure_options) -> LatencyTable:
+    """Measure (or read from the cache) the curves of every layer shape in ``specs``.
+
+    ``runner_factory(spec, cin, cout)`` returns the zero-argument runner timed for that width (default:
+    ``make_runner(backend, spec.module(cin, cout), spec.inputs(cin), threads=threads)``); ``clock`` is
+    passed to ``measure`` (tests inject simulated time). ``cache_dir=None``: ``default_cache_dir()``;
+    ``cache_dir=False``: no cache. ``key``: the cache key (default ``table_key(backend, threads)``).
+    """
+    started = time.perf_counter()
+    key = key or table_key(backend, threads)
+    unique = {s.key: s for s in (specs.values() if isinstance(specs, Mapping) else specs)}
+    path = None
+    table = LatencyTable(key)
+    if cache_dir is not False:
+        path = _cache_path(Path(cache_dir) if cache_dir else default_cache_dir(), key)
+        if path.is_file():
+            cached = LatencyTable.load(path)
+            if cached.key == key:
+                table.entries.update(cached.entries)
+    missing = [s for k, s in unique.items() if k not in table.entries]
+    if missing:
+        factory = runner_factory or (lambda s, cin, cout: make_runner(
+            backend, s.module(cin, cout), s.inputs(cin), threads=threads))
+        options = {"min_time_s": 0.05, "min_rounds": 15, "sample_ms": 1.0, **measure_options}
+
+        def timed(points: list[tuple[LayerSpec, int, int]]) -> dict[tuple, float]:
+            # chunks of CHUNK runners, interleaved within a chunk: one session per point stays in memory
+            # only while its chunk is timed (vgg19's 512-channel convs weigh 9 MB per session)
+            out: dict[tuple, float] = {}
+            bar = _progress(len(points), progress, f"latency table ({backend})")
+            for first in range(0, len(points), CHUNK):
+                runners = {}
+                for spec, cin, cout in points[first:first + CHUNK]:
+                    runners[f"{spec.key}|{cin}|{cout}"] = factory(spec, cin, cout)
+                result = measure(runners, threads=threads, backend=backend, clock=clock, **options)
+                table.measured_points += len(runners)
+                for name, timing in result.items():
+                    spec_key, cin, cout = name.split("|")
+                    # the fastest sample: on a shared CPU, other processes only ever add time to a layer
+                    out[(spec_key, int(cin), int(cout))] = fastest(timing)
+                if bar is not None:
+                    bar.update(len(runners))
+            if bar is not None:
+                bar.close()
+            return out
+
+        # the block is the machine's: a table that already has entries keeps their step
+        steps = [e["step"] for e in table.entries.values()]
+        step = max(set(steps), key=steps.count) if steps else _probe_step(missing, timed, tol)
+        points = []
+        for spec in missing:
+            outs = _grid(spec.out_channels, step)
+            points += [(spec, w if spec.depthwise else spec.in_channels, w) for w in outs]
+            if not spec.depthwise:
+                points += [(spec, w, spec.out_channels) for w in _grid(spec.in_channels, step, False)
+                           if w != spec.in_channels]
+                corner = (_grid(spec.in_channels, step, False)[0], _grid(spec.out_channels, step)[0])
+                if corner != (spec.in_channels, spec.out_channels):
+                    points.append((spec, *corner))
+        times = timed(points)
+        for spec in missing:
+            full = times[(spec.key, spec.in_channels, spec.out_channels)]
+            out = [[w, times[(spec.key, w if spec.depthwise else spec.in_channels, w)]]
+                   for w in _grid(spec.out_channels, step)]
+            inn = [[w, times[(spec.key, w, spec.out_channels)] if w != spec.in_channels else full]
+                   for w in _grid(spec.in_channels, step, False)]
+            table.entries[spec.key] = {"step": step, "out": out, "in": out if spec.depthwise else inn}
+            corner = (_grid(spec.in_channels, step, False)[0], _grid(spec.out_channels, step)[0])
+            if not spec.depthwise and corner != (spec.in_channels, spec.out_channels):
+                table.entries[spec.key]["corner"] = times[(spec.key, *corner)]
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            table.save(path)
+    table.build_seconds = time.perf_counter() - started
+    return table
+
+
+def _probe_step(specs: list[LayerSpec], timed, tol: float) -> int:
+    """The backend's channel block, probed on the conv with the most work per output channel among
+    those with >= 32 outputs (tiny spatial maps are overhead-bound and show no blocks)."""
+    wide = [s for s in specs if s.out_channels >= 32] or list(specs)
+    widest = max(wide, key=lambda s: s.in_channels * s.height * s.width * s.kernel[0] * s.kernel[1])
+    if widest.out_channels < 2 * PROBE_STEP:
+        return PROBE_STEP
+    widths = list(range(PROBE_STEP, min(widest.out_channels, 64) + 1, PROBE_STEP))
+    cin = lambda w: w if widest.depthwise else widest.in_channels  # noqa: E731
+    times = timed([(widest, cin(w), w) for w in widths])
+    return _detect_step(widths, [times[(widest.key, cin(w), w)] for w in widths], tol)
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="point", leave=False)
+
+
+@dataclass
+class LatencyModel:
+    """Whole-model latency predicted from a table: ``scale * sum(conv costs) + constant`` (ms)."""
+
+    table: LatencyTable
+    graph: ChannelGraph
+    specs: dict[str, LayerSpec]
+    scale: float = 1.0
+    constant: float = 0.0
+    reference_ms: float | None = None  # measured latency of the unpruned model, when calibrated
+    measure_fn: Callable[[object], float] | None = None  # PruningPlan -> measured pruned / unpruned latency
+
+    def layer_sum(self, keep_gid: np.ndarray | None = None, removed: frozenset[str] = frozenset()) -> float:
+        keep = np.ones(self.graph.n_gids, dtype=bool) if keep_gid is None else keep_gid
+        total = 0.0
+        for name, spec in self.specs.items():
+            if name in removed:
+                continue
+            rec = self.graph.convs[name]
+            cout = int(keep[rec.out_gids].sum()) if rec.out_gids is not None else spec.out_channels
+            cin = cout if spec.depthwise else (int(keep[rec.in_gids].sum()) if rec.in_gids is not None
+                                               else spec.in_channels)
+            total += self.table.cost(spec, max(cin, 1), max(cout, 1))
+        return total
+
+    def predict(self, keep_gid: np.ndarray | None = None, removed: frozenset[str] = frozenset()) -> float:
+        return self.scale * self.layer_sum(keep_gid, removed) + self.constant
+
+    def calibrate(self, points: list[tuple[float, float]]) -> LatencyModel:
+        """Fit scale and constant to ``[(layer_sum, measured ms), ...]`` (one point: constant only)."""
+        sums, measured = (np.asarray(v, dtype=float) for v in zip(*points, strict=True))
+        if len(points) >= 2 and np.ptp(sums) > 0:
+            scale, constant = np.polyfit(sums, measured, 1)
+            if scale > 0:
+                self.scale, self.constant = float(scale), float(constant)
+                return self
+        self.scale, self.constant = 1.0, float(np.mean(measured - sums))
+        return self

@@ -1,0 +1,193 @@
+"""Latency-aware planning: ``plan(..., target_latency=0.5)`` and ``plan(..., widths="latency")``.
+
+Both read a ``LatencyModel`` (``slimbench.bench.latency_table``): per-conv latency staircases
+measured on this machine plus a calibration on whole-model runs; ``slimbench.plan`` and
+``Analysis.plan`` build one (``latency_model.py``) unless ``latency=`` passes one.
+
+``target_latency=t``: keep ``t`` of the unpruned model's latency. The criterion's global threshold
+(``widths="channels"``) or the latency-aware widths (``widths="latency"``) are searched against the
+*predicted* latency, then the real pruned model is timed against the unpruned one, interleaved, and
+the predicted goal is corrected by the measured miss (at most ``CORRECTIONS`` times).
+
+``widths="latency"``: a greedy knapsack (HALP's view). Every layer may only keep a width at the end
+of a latency step (a width whose next-larger step costs the same is never kept: the extra channels
+are free); starting from the full model, it repeatedly drops the step that loses the least
+importance per millisecond saved (a step whose channels have no importance goes first), until the
+budget is met: ``ratio`` (at least that fraction of the candidate channels removed), ``target_macs``
+or ``target_latency``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+
+from slimbench.analysis.graph import ChannelGraph
+from slimbench.bench.latency_table import LatencyModel, step_ends
+from slimbench.pruning.options import PlanOptions
+from slimbench.pruning.selection import layers_of
+
+__all__ = ["latency_widths", "latency_search", "CORRECTIONS", "TOLERANCE"]
+
+CORRECTIONS = 2  # real-model checks after the first search
+TOLERANCE = 0.03  # |measured - target| under which a target_latency plan is accepted
+
+
+def _layer_convs(graph: ChannelGraph, lm: LatencyModel, layer: np.ndarray) -> list[str]:
+    classes = set(layer.tolist())
+    out = []
+    for name in lm.specs:
+        rec = graph.convs[name]
+        gids = [g for g in (rec.in_gids, rec.out_gids) if g is not None]
+        if any(classes.intersection(graph.class_of[g].tolist()) for g in gids):
+            out.append(name)
+    return out
+
+
+def _local_cost(lm: LatencyModel, convs: list[str], keep_gid: np.ndarray) -> float:
+    graph, total = lm.graph, 0.0
+    for name in convs:
+        spec, rec = lm.specs[name], graph.convs[name]
+        cout = max(int(keep_gid[rec.out_gids].sum()), 1) if rec.out_gids is not None else spec.out_channels
+        cin = cout if spec.depthwise else (max(int(keep_gid[rec.in_gids].sum()), 1) if rec.in_gids is not None
+                                           else spec.in_channels)
+        total += lm.table.cost(spec, cin, cout)
+    return total
+
+
+def latency_widths(graph: ChannelGraph, lm: LatencyModel, importance: np.ndarray, pool: np.ndarray,
+                   done: Callable[[np.ndarray, np.ndarray], bool], tol: float = 0.03) -> np.ndarray:
+    """Prune decision over classes (True = prune) with every layer at a latency step end.
+
+    ``done(prune, keep_gid)`` says when the budget is met. Layers are those of ``selection.layers_of``;
+    within a layer the candidates go lowest importance first.
+    """
+    _, layers = layers_of(graph)
+    keep_class = np.ones(graph.n_classes, dtype=bool)
+    state = []  # per layer: (ordered candidates high -> low, allowed kept counts, position, convs)
+    for layer in layers:
+        cand = layer[pool[layer]]
+        convs = _layer_convs(graph, lm, layer)
+        if not cand.size or not convs:
+            continue
+        order = cand[np.argsort(-importance[cand], kind="stable")]
+        fixed = len(layer) - cand.size
+        counts = list(range(0 if fixed else 1, cand.size + 1))
+        curve = []
+        for k in counts:
+            keep_class[order[k:]] = False
+            curve.append(_local_cost(lm, convs, keep_class[graph.class_of]))
+            keep_class[order] = True
+        # widths whole blocks of the backend's kernels: below one block or off the block grid the
+        # backend changes layout between layers, which one-layer timings cannot see (measured on vgg19:
+        # such plans ran 45 % slower than predicted)
+        block = max(lm.table.entries[lm.specs[c].key]["step"] for c in convs)
+        allowed = [k for k in step_ends(counts, curve, tol) if (fixed + k) % block == 0 or k == cand.size]
+        state.append([order, allowed, len(allowed) - 1, convs])
+    prune = np.zeros(graph.n_classes, dtype=bool)
+    met = False
+    while True:
+        met = met or done(prune, ~prune[graph.class_of])
+        keep_gid = ~prune[graph.class_of]
+        best, best_score = None, np.inf
+        for i, (order, allowed, pos, convs) in enumerate(state):
+            if pos == 0:
+                continue
+            k_now, k_next = allowed[pos], allowed[pos - 1]
+            lost = float(np.sum(np.minimum(importance[order[k_next:k_now]], 1e30)))
+            if met and lost > 0:
+                continue  # budget met: only steps that buy no importance are still dropped
+            trial = prune.copy()
+            trial[order[k_next:]] = True
+            saved = _local_cost(lm, convs, keep_gid) - _local_cost(lm, convs, ~trial[graph.class_of])
+            score = lost / saved if saved > 0 else np.inf if lost > 0 else 0.0
+            if score < best_score or best is None:
+                best, best_score = i, score
+        if best is None:
+            break  # budget met and nothing free is left, or every layer is at its smallest width
+        order, allowed, pos, _ = state[best]
+        prune[order[allowed[pos - 1]:]] = True
+        state[best][2] = pos - 1
+    return prune
+
+
+def _goal_search(decide, cost: Callable, goal: float):
+    """Smallest ratio whose plan's predicted cost is <= goal (bisection, as target_macs does)."""
+    most = decide(0.999)
+    if cost(most) > goal:
+        return most, 0.999
+    low, high, best = 0.0, 0.999, most
+    if cost(decide(0.0)) <= goal:
+        return decide(0.0), 0.0
+    for _ in range(25):
+        mid = (low + high) / 2
+        attempt = decide(mid)
+        if cost(attempt) <= goal:
+            best, high = attempt, mid
+        else:
+            low = mid
+    return best, high
+
+
+def latency_search(graph: ChannelGraph, opts: PlanOptions, decide: Callable, finish: Callable,
+                   importance: np.ndarray, pool: np.ndarray):
+    """The plan for ``target_latency`` and/or ``widths="latency"`` (called by ``plan_on_graph``)."""
+    lm = opts.latency
+    if lm is None or isinstance(lm, dict):
+        raise ValueError("latency-aware planning needs a LatencyModel: call slimbench.plan / Analysis.plan "
+                         "(they build one), or pass latency=slimbench.pruning.latency_model.latency_model(...)")
+    if lm.graph is not graph:
+        lm = LatencyModel(lm.table, graph, lm.specs, lm.scale, lm.constant, lm.reference_ms, lm.measure_fn)
+
+    def predicted(attempt) -> float:
+        return lm.predict(~attempt[0][graph.class_of], attempt[2])
+
+    def widths_attempt(done) -> tuple:
+        return decide(None, latency_widths(graph, lm, importance, pool, done))
+
+    full = lm.predict()
+    if opts.target_latency is None:  # latency-aware widths under a ratio or MACs budget
+        if opts.target_macs is not None:
+            goal = opts.target_macs * graph.macs()
+            attempt = widths_attempt(lambda p, keep: graph.macs(keep) <= goal)
+        else:
+            need = int(np.floor(opts.ratio * pool.sum()))
+            attempt = widths_attempt(lambda p, keep: int((p & pool).sum()) >= need)
+        plan = finish(attempt, opts.ratio)
+        plan.options["latency"] = {"predicted_ratio": predicted(attempt) / full}
+        if opts.target_macs is not None and plan.macs_after > goal:
+            _unreachable(f"target_macs={opts.target_macs}", plan.macs_after / plan.macs_before, opts.widths)
+        return plan
+    goal_fraction, tried = opts.target_latency, []
+    for _ in range(CORRECTIONS + 1):
+        goal = goal_fraction * full
+        if opts.widths == "latency":
+            attempt = widths_attempt(lambda p, keep, goal=goal: lm.predict(keep) <= goal)
+        else:
+            attempt, _ = _goal_search(decide, predicted, goal)
+        plan = finish(attempt, None)
+        info = {"predicted_ratio": predicted(attempt) / full, "goal_fraction": goal_fraction}
+        if lm.measure_fn is None:
+            plan.options["latency"] = info
+            return plan
+        info["measured_ratio"] = lm.measure_fn(plan)
+        plan.options["latency"] = info
+        tried.append(plan)
+        miss = info["measured_ratio"] / opts.target_latency
+        if abs(info["measured_ratio"] - opts.target_latency) <= TOLERANCE:
+            break
+        goal_fraction = min(1.0, goal_fraction / miss)
+    best = min(tried, key=lambda p: abs(p.options["latency"]["measured_ratio"] - opts.target_latency))
+    if best.options["latency"]["measured_ratio"] > opts.target_latency + TOLERANCE:
+        _unreachable(f"target_latency={opts.target_latency}", best.options["latency"]["measured_ratio"],
+                     opts.widths)
+    return best
+
+
+def _unreachable(asked: str, reached: float, widths: str) -> None:
+    hint = ("; widths='latency' keeps whole channel blocks, so layers of one block stay whole "
+            "(widths='channels' may prune further)" if widths == "latency" else
+            "; residual='shared' or 'select' lets the plan prune the channels joined by residual adds")
+    warnings.warn(f"{asked} was not reached: the plan keeps {reached:.3f}{hint}", stacklevel=5)

@@ -1,0 +1,90 @@
+"""Build the ``LatencyModel`` that latency-aware planning reads, for a model on this machine.
+
+``slimbench.plan`` and ``Analysis.plan`` call :func:`resolve_latency` when ``target_latency`` or
+``widths="latency"`` is asked without a ready ``latency=`` model: the layer table is measured (or
+read from the cache), then calibrated (least squares: scale and constant) on whole-model runs timed
+interleaved, the unpruned model and uniformly pruned ones at ratios 0.3, 0.5, 0.7 (every time is
+the fastest interleaved sample, see ``latency_table.fastest``). The pruning function is passed in:
+this module sits between ``plan`` and ``surgery`` and imports neither's caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, MutableMapping
+
+from torch import Tensor, nn
+
+from slimbench.analysis.graph import ChannelGraph, build_graph
+from slimbench.bench.latency import make_runner, measure
+from slimbench.bench.latency_table import LatencyModel, build_table, fastest, layer_specs
+from slimbench.core.inputs import ExampleInputs, as_example_inputs, unwrap
+from slimbench.pruning.options import LATENCY_KEYS
+from slimbench.pruning.plan import PruningPlan, keep_from_plan, make_plan
+
+__all__ = ["latency_model", "resolve_latency"]
+
+CALIBRATION_RATIOS = (0.3, 0.5, 0.7)  # uniformly pruned models timed with the unpruned one to fit the model
+PruneFn = Callable[[PruningPlan], nn.Module]
+
+
+def latency_model(model: nn.Module, example_inputs: ExampleInputs, *, prune_fn: PruneFn | None = None,
+                  graph: ChannelGraph | None = None, residual: str = "keep", backend: str = "ort", threads: int = 1,
+                  cache_dir=None, progress: bool = True, calibrate: bool = True, **table_options) -> LatencyModel:
+    """The latency model of ``model`` at ``example_inputs`` (batch included) on ``backend``.
+
+    ``prune_fn(plan) -> pruned model`` (default: ``slimbench.prune``) is used to time the
+    calibration model and, later, to check a plan's real latency (``LatencyModel.measure_fn``).
+    ``calibrate=False``: the bare table sum (scale 1, constant 0) and no real check.
+    """
+    inputs = as_example_inputs(example_inputs)
+    source = unwrap(model)
+    if graph is None:
+        graph = build_graph(source, inputs, residual=residual)
+    if prune_fn is None:
+        import slimbench
+
+        def prune_fn(plan: PruningPlan) -> nn.Module:
+            return slimbench.prune(source, inputs, plan=plan)
+
+    specs = layer_specs(source, inputs, graph)
+    table = build_table(specs, backend=backend, threads=threads, cache_dir=cache_dir, progress=progress,
+                        **table_options)
+    lm = LatencyModel(table, graph, specs)
+    if not calibrate:
+        return lm
+    reference = make_runner(backend, source, inputs, threads=threads)
+    residual = graph.options.get("residual", "keep")
+    plans = {r: make_plan(source, inputs, method="uniform", ratio=r, residual=residual, graph=graph, warn=False)
+             for r in CALIBRATION_RATIOS}
+    runners = {"full": reference, **{r: make_runner(backend, prune_fn(p), inputs, threads=threads)
+                                     for r, p in plans.items()}}
+    timings = measure(runners, threads=threads, backend=backend, min_time_s=1.0, min_rounds=20)
+    points = [(lm.layer_sum(), fastest(timings["full"]))]
+    for r, plan in plans.items():
+        points.append((lm.layer_sum(*keep_from_plan(graph, plan)), fastest(timings[r])))
+    lm.calibrate(points)
+    lm.reference_ms = fastest(timings["full"])
+
+    def measure_fn(plan: PruningPlan) -> float:
+        pruned = make_runner(backend, prune_fn(plan), inputs, threads=threads)
+        result = measure({"full": reference, "pruned": pruned}, threads=threads, backend=backend, min_time_s=1.0,
+                         min_rounds=20)
+        return fastest(result["pruned"]) / fastest(result["full"])
+
+    lm.measure_fn = measure_fn
+    return lm
+
+
+def resolve_latency(model: nn.Module, inputs: tuple[Tensor, ...], options: MutableMapping, prune_fn: PruneFn,
+                    graph: ChannelGraph | None = None) -> None:
+    """Put a built ``LatencyModel`` into ``options["latency"]`` when the plan options need one."""
+    wanted = options.get("target_latency") is not None or options.get("widths") == "latency"
+    given = options.get("latency")
+    if not wanted or (given is not None and not isinstance(given, MutableMapping)):
+        return  # nothing to build, or a model (checked by check_options)
+    settings = dict(given or {})
+    unknown = sorted(set(settings) - set(LATENCY_KEYS))
+    if unknown:
+        raise ValueError(f"latency: unknown setting {unknown[0]!r}; the settings are {', '.join(LATENCY_KEYS)}")
+    options["latency"] = latency_model(model, inputs, prune_fn=prune_fn, graph=graph,
+                                       residual=options.get("residual", "keep"), **settings)

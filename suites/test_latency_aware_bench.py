@@ -1,0 +1,135 @@
+"""Latency-aware pruning against network slimming's round_to=1 / 8 (and Torch-Pruning), one run.
+
+Untimed (``pytest suites/``): the latency-aware plans are made on a simulated staircase table (no
+timing), and each prunes to a model equivalent to its zeroed form with widths at step ends.
+``--benchmark``: a real table (onnxruntime, 1 thread), then every variant and the unpruned model are
+timed interleaved in ONE ``measure`` call; ``extra_info`` records per variant the measured speedup,
+the MACs reduction, the efficiency (speedup / MACs reduction), the predicted latency and its error,
+and the table's build time. Speedups are given on the fastest samples (what the latency model
+predicts; steady on a loaded machine) and on the medians (``median_*``, with the IQR).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+
+import pytest
+from torch import nn
+
+import slimbench
+from slimbench.bench.latency import make_runner, measure
+from slimbench.bench.latency_table import LatencyModel, build_table, fastest, layer_specs, table_key
+from slimbench.core.counting import conv_linear_macs
+from slimbench.pruning.latency_model import latency_model
+from slimbench.pruning.plan import keep_from_plan
+from suites._suite_common import example_input, slimmed_like
+from tests.helpers import assert_equivalent
+
+MODELS = ["resnet56", "vgg19"]
+
+
+def _simulated(graph, model, x, tmp_path) -> LatencyModel:
+    """A table on simulated time: cost proportional to 16-channel blocks (what onnxruntime shows here)."""
+    now = [0.0]
+
+    def factory(spec, cin, cout):
+        blocks = math.ceil(cout / 16) * (1 if spec.depthwise else math.ceil(cin / 16))
+        seconds = 1e-7 * blocks * spec.height * spec.width
+
+        def run():
+            now[0] += seconds
+        return run
+
+    specs = layer_specs(model, (x,), graph)
+    table = build_table(specs, runner_factory=factory, clock=lambda: now[0], cache_dir=tmp_path, progress=False,
+                        key=table_key("ort", 1, version="simulated", cpu="simulated"), min_time_s=0.0,
+                        min_rounds=3, max_rounds=3)
+    return LatencyModel(table, graph, specs)
+
+
+def _torch_pruning(model, x):
+    """Torch-Pruning's BN-scale pruner, global, ratio 0.5, round_to 8 (None when not installed)."""
+    try:
+        import torch_pruning as tp
+    except ImportError:
+        return None
+    import copy
+
+    copied = copy.deepcopy(model).eval()
+    last = [m for m in copied.modules() if isinstance(m, nn.Linear)][-1:]
+    try:
+        pruner = tp.pruner.MetaPruner(copied, x, importance=tp.importance.BNScaleImportance(), pruning_ratio=0.5,
+                                      global_pruning=True, round_to=8, ignored_layers=last)
+        pruner.step()
+        copied(x)
+    except Exception as error:  # e.g. resnet56's zero-padded (option A) shortcuts
+        return f"failed: {type(error).__name__}: {str(error)[:80]}"
+    return copied
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_latency_aware(benchmark, timed, name, tmp_path):
+    model, x = slimmed_like(name, "cifar10"), example_input(name, "cifar10")
+    g = slimbench.analyze(model, x)
+    graph = g.graph()
+    started = time.perf_counter()
+    if timed:
+        lm = latency_model(model, x, graph=graph, prune_fn=g.prune, progress=False)
+    else:
+        lm = _simulated(graph, model, x, tmp_path)
+    build_s = time.perf_counter() - started
+    plans = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        plans["ns_round1"] = g.plan(ratio=0.5)
+        plans["ns_round8"] = g.plan(ratio=0.5, round_to=8)
+        plans["latency_widths"] = g.plan(ratio=0.5, widths="latency", latency=lm)
+        r8 = plans["ns_round8"]
+        plans["latency_widths_at_round8_macs"] = g.plan(target_macs=r8.macs_after / r8.macs_before,
+                                                        widths="latency", latency=lm)
+        plans["target_latency_0.5"] = g.plan(target_latency=0.5, latency=lm)
+        plans["target_latency_0.5_widths"] = g.plan(target_latency=0.5, widths="latency", latency=lm)
+        plans["ns_0.3"] = g.plan(ratio=0.3)
+        plans["ns_0.7"] = g.plan(ratio=0.7)
+    models = {k: g.prune(p) for k, p in plans.items()}
+    for key in ("latency_widths", "target_latency_0.5_widths"):
+        assert_equivalent(model, x, plans[key], models[key])
+    info: dict = {"model_build_s": build_s, "table_build_s": lm.table.build_seconds,
+                  "table_points": lm.table.measured_points}
+    if not timed:
+        for row in plans["latency_widths"].layers:  # 16-channel blocks: never a width inside a block
+            assert row["after"] == row["before"] or row["after"] % 16 == 0, row
+        benchmark.extra_info.update(info)
+        benchmark(lambda: None)
+        return
+    tp_model = _torch_pruning(model, x)
+    if isinstance(tp_model, nn.Module):
+        models["torch_pruning_round8"] = tp_model
+    runners = {"unpruned": make_runner("ort", model, (x,))}
+    runners.update({k: make_runner("ort", m, (x,)) for k, m in models.items()})
+    timings = measure(runners, min_time_s=3.0, min_rounds=40)
+    base_macs = conv_linear_macs(model, x)
+    errors = []
+    for key, pruned in models.items():
+        macs_reduction = base_macs / conv_linear_macs(pruned, x)
+        row = {"macs_reduction": macs_reduction, "iqr_fraction": timings[key].iqr_fraction,
+               "measured_ms": fastest(timings[key]), "median_ms": timings[key].median_ms}
+        for stat, value in (("", fastest), ("median_", lambda t: t.median_ms)):  # fastest sample, median
+            speedup = value(timings["unpruned"]) / value(timings[key])
+            row.update({f"{stat}speedup": speedup, f"{stat}efficiency": speedup / macs_reduction,
+                        f"{stat}measured_fraction": 1 / speedup})
+        if key in plans:
+            keep, removed = keep_from_plan(graph, plans[key])
+            row.update(predicted_ms=lm.predict(keep, removed),
+                       prediction_error=lm.predict(keep, removed) / fastest(timings[key]) - 1)
+            errors.append(abs(row["prediction_error"]))
+        info[key] = row
+    info["unpruned"] = {"measured_ms": fastest(timings["unpruned"]), "median_ms": timings["unpruned"].median_ms,
+                        "predicted_ms": lm.predict(), "iqr_fraction": timings["unpruned"].iqr_fraction}
+    info["max_abs_prediction_error"] = max(errors)
+    info["torch_pruning"] = ("measured" if isinstance(tp_model, nn.Module) else tp_model
+                             or "not installed (pip install slimbench[compare])")
+    benchmark.extra_info.update(info)
+    benchmark.pedantic(runners["latency_widths"], rounds=20, iterations=1, warmup_rounds=2)

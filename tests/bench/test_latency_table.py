@@ -1,0 +1,213 @@
+"""Latency tables on simulated time: a fake clock and fake runners that cost a known staircase."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import slimbench
+from slimbench.analysis.graph import build_graph
+from slimbench.bench.latency_table import (
+    LatencyModel,
+    LatencyTable,
+    build_table,
+    layer_specs,
+    step_ends,
+    table_key,
+)
+from slimbench.models import get_model
+from slimbench.pruning.plan import keep_from_plan
+from tests.helpers import randomize_bn
+
+STEP = 8
+
+
+class FakeBackend:
+    """Runners that advance a simulated clock by a staircase cost: ceil(cin/8) * ceil(cout/8) blocks."""
+
+    def __init__(self, step: int = STEP, overhead: float = 0.0) -> None:
+        self.now = 0.0
+        self.step = step
+        self.overhead = overhead
+        self.calls: list[tuple[str, int, int]] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def cost(self, spec, cin: int, cout: int) -> float:
+        # a constant plus a bilinear term: the table's floor + rank-1 model is then exact
+        blocks = math.ceil(cout / self.step) * (1 if spec.depthwise else math.ceil(cin / self.step))
+        return self.overhead + 1e-6 * blocks * spec.kernel[0] * spec.kernel[1] * spec.height * spec.width / 64
+
+    def factory(self, spec, cin: int, cout: int):
+        self.calls.append((spec.key, cin, cout))
+        seconds = self.cost(spec, cin, cout)
+
+        def run():
+            self.now += seconds
+
+        return run
+
+
+def _build(specs, fake: FakeBackend, cache_dir, **key):
+    return build_table(specs, runner_factory=fake.factory, clock=fake.clock, cache_dir=cache_dir,
+                       key=table_key("ort", key.get("threads", 1), version=key.get("version", "1.0"), cpu="fake"),
+                       progress=False, min_time_s=0.0, min_rounds=3, max_rounds=3)
+
+
+@pytest.fixture(scope="module")
+def resnet20():
+    model = randomize_bn(get_model("resnet20", "cifar10"), seed=0)
+    x = torch.randn(1, 3, 32, 32)
+    graph = build_graph(model, (x,))
+    return model, x, graph, layer_specs(model, (x,), graph)
+
+
+def test_layer_specs_dedupe_resnet20(resnet20):
+    model, _, graph, specs = resnet20
+    assert len(specs) == 19  # every conv of resnet20
+    assert len({s.key for s in specs.values()}) == 6  # stem, 3 plain shapes, 2 strided
+    assert specs["conv1"].in_channels == 3 and (specs["conv1"].height, specs["conv1"].width) == (32, 32)
+
+
+def test_step_ends_drop_widths_whose_next_step_costs_the_same():
+    assert step_ends([4, 8, 12, 16], [1.0, 1.0, 2.0, 2.0]) == [8, 16]
+    assert step_ends([4, 8, 12, 16], [1.0, 2.0, 3.0, 4.0]) == [4, 8, 12, 16]
+    assert step_ends([4, 8, 12, 16], [3.0, 2.5, 2.0, 2.0]) == [16]  # a misaligned width slower than the next
+
+
+def test_fake_staircase_yields_its_step_ends_exactly(resnet20, tmp_path):
+    *_, specs = resnet20
+    fake = FakeBackend()
+    table = _build(specs, fake, tmp_path)
+    for spec in specs.values():
+        assert table.entries[spec.key]["step"] == STEP
+        assert table.ends(spec, "out") == list(range(STEP, spec.out_channels + 1, STEP))
+        if spec.in_channels > STEP:
+            assert table.ends(spec, "in") == list(range(STEP, spec.in_channels + 1, STEP))
+        for cin, cout in [(spec.in_channels, spec.out_channels), (min(5, spec.in_channels), 9)]:
+            assert table.cost(spec, cin, cout) == pytest.approx(fake.cost(spec, cin, cout) * 1e3, rel=1e-6)
+    sampled = {c for _, cin, cout in fake.calls for c in (cin, cout)}
+    assert sampled <= {3, *range(4, 65, 4), *range(7, 64, 8)}  # block ends (and end - 1), never every width
+
+
+def test_a_width_independent_overhead_is_separated_by_the_corner_sample(resnet20, tmp_path):
+    *_, specs = resnet20
+    fake = FakeBackend(overhead=5e-5)
+    table = _build(specs, fake, tmp_path)
+    spec = specs["layer3.1.conv1"]
+    for cin, cout in [(8, 8), (16, 48), (64, 8), (64, 64)]:
+        assert table.cost(spec, cin, cout) == pytest.approx(fake.cost(spec, cin, cout) * 1e3, rel=1e-6)
+
+
+def test_probe_picks_16_and_4(resnet20, tmp_path):
+    *_, specs = resnet20
+    for step in (16, 4):
+        table = _build(specs, FakeBackend(step), tmp_path / str(step))
+        assert {e["step"] for e in table.entries.values()} == {step}
+
+
+def test_cache_is_reused_and_rebuilt_when_the_key_changes(resnet20, tmp_path):
+    *_, specs = resnet20
+    first = FakeBackend()
+    table = _build(specs, first, tmp_path)
+    assert first.calls and list(tmp_path.glob("*.json"))
+    again = FakeBackend()
+    cached = _build(specs, again, tmp_path)
+    assert again.calls == [] and cached.entries == table.entries
+    for change in ({"threads": 2}, {"version": "2.0"}):
+        other = FakeBackend()
+        _build(specs, other, tmp_path, **change)
+        assert other.calls, f"a table with {change} must be measured, not read from the cache"
+    assert LatencyTable.load(next(tmp_path.glob("ort-1t-*.json"))).entries == table.entries
+
+
+def test_predictor_sums_layer_costs_and_calibrates(resnet20, tmp_path):
+    _, _, graph, specs = resnet20
+    fake = FakeBackend()
+    lm = LatencyModel(_build(specs, fake, tmp_path), graph, specs)
+    expected = sum(fake.cost(s, s.in_channels, s.out_channels) for s in specs.values()) * 1e3
+    assert lm.predict() == pytest.approx(expected)
+    keep = np.ones(graph.n_gids, dtype=bool)
+    rec = graph.convs["layer1.0.conv1"]
+    keep[rec.out_gids[8:]] = False  # 16 -> 8 channels: conv1's output and conv2's input
+    s1, s2 = specs["layer1.0.conv1"], specs["layer1.0.conv2"]
+    saved = (fake.cost(s1, 16, 16) - fake.cost(s1, 16, 8) + fake.cost(s2, 16, 16) - fake.cost(s2, 8, 16)) * 1e3
+    assert lm.predict(keep) == pytest.approx(expected - saved)
+    lm.calibrate([(lm.layer_sum(), 2 * lm.layer_sum() + 1), (lm.layer_sum(keep), 2 * lm.layer_sum(keep) + 1)])
+    assert (lm.scale, lm.constant) == (pytest.approx(2.0), pytest.approx(1.0))
+
+
+@pytest.fixture
+def stub(resnet20, tmp_path):
+    _, _, graph, specs = resnet20
+    return LatencyModel(_build(specs, FakeBackend(), tmp_path), graph, specs)
+
+
+def test_target_latency_lands_on_the_predicted_budget(resnet20, stub):
+    model, x, graph, _ = resnet20
+    for widths in ("channels", "latency"):
+        plan = slimbench.plan(model, x, target_latency=0.5, latency=stub, widths=widths)
+        keep, removed = keep_from_plan(graph, plan)
+        ratio = stub.predict(keep, removed) / stub.predict()
+        assert 0.45 <= ratio <= 0.5, (widths, ratio)
+        assert plan.options["latency"]["predicted_ratio"] == pytest.approx(ratio)
+        assert plan.options["target_latency"] == 0.5 and plan.options["widths"] == widths
+
+
+def test_target_latency_corrects_with_the_real_check(resnet20, stub):
+    model, x, *_ = resnet20
+    seen: list[float] = []
+
+    def measure_fn(plan):  # the "real" pruned model runs 20 % slower than its MACs say
+        seen.append(1.2 * plan.macs_after / plan.macs_before)
+        return seen[-1]
+
+    stub.measure_fn = measure_fn
+    plan = slimbench.plan(model, x, target_latency=0.5, latency=stub)
+    assert len(seen) >= 2  # it checked, missed, and searched again with a corrected goal
+    assert abs(plan.options["latency"]["measured_ratio"] - 0.5) < abs(seen[0] - 0.5)
+
+
+def _kept(plan, name: str) -> int:
+    layer = next(row for row in plan.layers if row["bn"] == name)
+    return layer["after"]
+
+
+def test_latency_widths_keep_step_ends_only(resnet20, stub):
+    model, x, graph, _ = resnet20
+    plain = slimbench.plan(model, x, ratio=0.5)
+    aware = slimbench.plan(model, x, ratio=0.5, widths="latency", latency=stub)
+    pruned_bns = [r["bn"] for r in aware.layers if r["before"] > r["after"]]
+    assert pruned_bns
+    assert any(_kept(plain, n) % STEP for n in pruned_bns)  # network slimming keeps widths inside steps
+    for name in pruned_bns:  # never a width whose next-larger step costs the same
+        assert _kept(aware, name) % STEP == 0, (name, _kept(aware, name))
+    assert aware.pruned_channels >= 0.5 * plain.pruned_channels
+    assert aware.options["latency"]["predicted_ratio"] < 1
+
+
+def test_latency_widths_drop_steps_that_buy_no_gamma(resnet20, stub):
+    model, x, *_ = resnet20
+    model = randomize_bn(get_model("resnet20", "cifar10"), seed=0)
+    with torch.no_grad():
+        model.layer3[0].bn1.weight[32:] = 0.0  # half of a 64-channel layer has no importance
+    plan = slimbench.plan(model, x, ratio=0.05, widths="latency", latency=stub)
+    assert _kept(plan, "layer3.0.bn1") == 32
+
+
+def test_option_errors(resnet20, stub):
+    model, x, *_ = resnet20
+    with pytest.raises(ValueError, match="target_latency"):
+        slimbench.plan(model, x, ratio=0.5, target_latency=0.5, latency=stub)
+    with pytest.raises(ValueError, match="target_latency must be in"):
+        slimbench.plan(model, x, target_latency=1.5, latency=stub)
+    with pytest.raises(ValueError, match="widths must be one of"):
+        slimbench.plan(model, x, widths="auto")
+    with pytest.raises(ValueError, match="round_to=8 would be ignored"):
+        slimbench.plan(model, x, widths="latency", round_to=8, latency=stub)
+    with pytest.raises(ValueError, match="unknown setting"):
+        slimbench.plan(model, x, widths="latency", latency={"backnd": "ort"})

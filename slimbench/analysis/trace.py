@@ -8,8 +8,9 @@ a warning names it. Modules built inside a forward (``nn.AvgPool2d(2)(x)``) are 
 Only when the root module's own forward cannot be traced do we give up, with an error that names
 the first real cause and the submodule it came from.
 
-The caller's model is never changed: tracing runs on a shallow copy of the root (so fx's tensor
-constants and inserted modules land on the copy) and every module's train/eval mode is restored.
+The caller's model is never changed: tracing runs on a copy of the module tree that shares the
+weights (so fx's tensor constants, inserted modules and a forward's own caches land on the copy)
+and every module's train/eval mode is restored.
 """
 
 from __future__ import annotations
@@ -151,7 +152,14 @@ class _ShapeTracer(_LeafRules, MetaTracer):
 
 
 def _detached_root(model: nn.Module) -> nn.Module:
-    """A shallow copy of ``model`` with its own attribute tables: what fx adds to the root lands here."""
+    """A copy of ``model``'s module tree sharing its parameters and buffers: what fx adds to the root,
+    and what a forward stores in its modules while traced (timm's attention-bias caches keep a tensor,
+    then a Proxy, in a dict), lands on the copy, never on the caller's model."""
+    shared = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    try:
+        return copy.deepcopy(model, memo=shared)
+    except Exception:  # a module that cannot be deep-copied: a shallow copy with its own attribute tables
+        pass
     try:
         root = copy.copy(model)
     except Exception:  # a class that cannot be copied: trace the model itself (fx may then add constants)

@@ -186,3 +186,34 @@ def test_batch_flattens_are_traced_as_flatten():
         assert torch.equal(gm(X), model(X))
     plan = slimbench.plan(model, X, ratio=0.5)
     assert_equivalent(model, X, plan, slimbench.prune(model, X, plan=plan))
+
+
+class CachingBias(nn.Module):
+    """A forward that caches a tensor in a dict on its module in eval mode (timm's attention biases)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = cbr(3, 8)
+        self.bias = nn.Parameter(torch.zeros(8))
+        self.cache: dict[str, torch.Tensor] = {}
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        if not self.training:
+            if "bias" not in self.cache:
+                self.cache["bias"] = self.bias.view(1, -1, 1, 1) * 2
+            bias = self.cache["bias"]
+        else:
+            bias = self.bias.view(1, -1, 1, 1) * 2
+        return self.head((self.body(x) + bias).mean((2, 3)))
+
+
+def test_a_forward_that_caches_in_its_module_leaves_the_callers_cache_alone():
+    import copy
+
+    model = randomize_bn(CachingBias(), seed=0).eval()
+    slimbench.plan(model, (3, 8, 8), ratio=0.5)
+    assert model.cache == {}  # no traced Proxy stored in the caller's module
+    copy.deepcopy(model)  # which broke deep copies (and so prune) of timm's efficientvit_m0 / tiny_vit
+    pruned = slimbench.prune(model, (3, 8, 8), ratio=0.5)
+    assert pruned(torch.randn(1, 3, 8, 8)).shape == (1, 4)

@@ -27,7 +27,7 @@ import numpy as np
 from slimbench.analysis.graph import ChannelGraph
 from slimbench.bench.latency_table import LatencyModel, step_ends
 from slimbench.pruning.options import PlanOptions
-from slimbench.pruning.selection import layers_of
+from slimbench.pruning.selection import bisect_ratio, layers_of
 
 __all__ = ["latency_widths", "latency_search", "CORRECTIONS", "TOLERANCE"]
 
@@ -118,17 +118,9 @@ def _goal_search(decide, cost: Callable, goal: float):
     most = decide(0.999)
     if cost(most) > goal:
         return most, 0.999
-    low, high, best = 0.0, 0.999, most
     if cost(decide(0.0)) <= goal:
         return decide(0.0), 0.0
-    for _ in range(25):
-        mid = (low + high) / 2
-        attempt = decide(mid)
-        if cost(attempt) <= goal:
-            best, high = attempt, mid
-        else:
-            low = mid
-    return best, high
+    return bisect_ratio(decide, cost, goal, most, steps=25)
 
 
 def latency_search(graph: ChannelGraph, opts: PlanOptions, decide: Callable, finish: Callable,

@@ -24,6 +24,7 @@ from slimbench.pruning.diagnose import warn_if_little
 from slimbench.pruning.importance import Importance, bn_scores, class_importance
 from slimbench.pruning.options import BRANCH_MODES, RESIDUAL_MODES, PlanOptions, check_options
 from slimbench.pruning.selection import (
+    bisect_ratio,
     candidate_classes,
     check_round_to,
     enforce,
@@ -197,15 +198,7 @@ def plan_on_graph(model: nn.Module, inputs: tuple[Tensor, ...], graph: ChannelGr
                     f"target_macs={opts.target_macs} is out of reach: {criterion.name} at ratio 0.999 (pruning "
                     f"all it may) leaves {macs(most) / base:.3f} of the MACs; ask for target_macs >= "
                     f"{np.ceil(macs(most) / base * 1000) / 1000:.3f}" + _more_hint(graph, opts))
-            low, high, best = 0.0, 0.999, most
-            for _ in range(30):
-                mid = (low + high) / 2
-                attempt = decide(mid)
-                if macs(attempt) <= goal:
-                    best, high = attempt, mid
-                else:
-                    low = mid
-            ratio = high
+            best, ratio = bisect_ratio(decide, macs, goal, most)
         prune, names, removed_modules = best
     keep_gid = ~prune[graph.class_of]
     return _to_plan(graph, keep_gid, names, removed_modules, criterion.name,

@@ -137,3 +137,18 @@ def removed_by(graph: ChannelGraph, names: list[str]) -> tuple[frozenset[str], s
     modules = frozenset().union(*(b.modules for b in graph.branches if b.bn in names)) if names else frozenset()
     spaces = {i for i, (_, owner, _) in enumerate(graph.spaces) if owner in modules}
     return modules, spaces
+
+
+def bisect_ratio(decide, cost, goal: float, top, *, steps: int = 30, most: float = 0.999):
+    """The smallest ratio in [0, ``most``] whose ``decide(ratio)`` has ``cost`` <= ``goal``, by bisection
+    (cost falls as the ratio grows), and that decision. ``top`` is ``decide(most)``, which the caller
+    has checked meets the goal; target_macs and target_latency both search this way."""
+    low, high, best = 0.0, most, top
+    for _ in range(steps):
+        mid = (low + high) / 2
+        attempt = decide(mid)
+        if cost(attempt) <= goal:
+            best, high = attempt, mid
+        else:
+            low = mid
+    return best, high

@@ -117,16 +117,10 @@ class DivByChannels(nn.Module):
         return self.fc(y.mean((2, 3)))
 
 
-class RolledChannels(nn.Module):
+class RolledChannels(DivByChannels):
     """``torch.roll`` over the channel dim between two layers: an analysis that took it for a
-    pointwise op (a wrong ``register_op_handler``) would prune it wrongly; verification catches it."""
-
-    def __init__(self, only_broken: bool = False) -> None:
-        super().__init__()
-        self.only_broken = only_broken
-        self.c1, self.bn = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
-        self.c2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
-        self.fc = nn.Linear(8, 4)
+    pointwise op (a wrong ``register_op_handler``) would prune it wrongly; verification catches it.
+    Same layers as ``DivByChannels``, another forward."""
 
     def forward(self, x):
         y = F.relu(self.bn(self.c1(x)))

@@ -263,8 +263,11 @@ class ChannelInterpreter(fx.Interpreter):
     def _fresh(self, value: Any, owner: str, reason: str) -> Any:
         if isinstance(value, Tensor):
             return Chan(self.new_space(value.shape[1], "opaque", owner, frozen=reason)) if value.dim() >= 2 else None
-        if isinstance(value, (tuple, list)):
-            return type(value)(self._fresh(v, owner, reason) for v in value)
+        if isinstance(value, torch.Size):  # sizes carry no channels
+            return None
+        if isinstance(value, (tuple, list)):  # a plain tuple for tuple subclasses (namedtuples take *args)
+            items = [self._fresh(v, owner, reason) for v in value]
+            return items if isinstance(value, list) else tuple(items)
         return None
 
 

@@ -217,3 +217,27 @@ def test_a_forward_that_caches_in_its_module_leaves_the_callers_cache_alone():
     copy.deepcopy(model)  # which broke deep copies (and so prune) of timm's efficientvit_m0 / tiny_vit
     pruned = slimbench.prune(model, (3, 8, 8), ratio=0.5)
     assert pruned(torch.randn(1, 3, 8, 8)).shape == (1, 4)
+
+
+@torch.fx.wrap
+def _spatial_size(x: torch.Tensor) -> torch.Size:
+    return x.shape[2:]
+
+
+class UnknownSizeOp(nn.Module):
+    """An op slimbench has no rule for that returns a torch.Size (timm maxvit's window helpers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(cbr(3, 8), cbr(8, 8))
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        h, w = _spatial_size(x)  # the input's channels are frozen anyway; body's stay prunable
+        return self.head(self.body(x).sum((2, 3)) / (h * w))
+
+
+def test_an_unknown_op_returning_a_size_is_opaque_not_a_crash():
+    model = randomize_bn(UnknownSizeOp(), seed=0).eval()
+    pruned = slimbench.prune(model, (3, 8, 8), ratio=0.5)  # verified against the zeroed model
+    assert pruned.slimbench_plan.macs_after < pruned.slimbench_plan.macs_before

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from slimbench.analysis.graph import ChannelGraph, build_graph
+from slimbench.analysis.graph import DEFAULT_RESIDUAL, ChannelGraph, build_graph
 from slimbench.core.inputs import ExampleInputs
 
 __all__ = ["explain", "explain_graph", "format_explanation", "prunable_bn_names"]
 
 
-def explain(model: nn.Module, example_inputs: ExampleInputs, *, residual: str = "keep",
+def explain(model: nn.Module, example_inputs: ExampleInputs, *, residual: str = DEFAULT_RESIDUAL,
             plan=None) -> list[dict]:
     """One row per BatchNorm: can its channels be pruned, and if not, why.
 
@@ -23,7 +23,7 @@ def explain(model: nn.Module, example_inputs: ExampleInputs, *, residual: str = 
 
 def explain_graph(graph: ChannelGraph, *, plan=None) -> list[dict]:
     """``explain`` on a channel graph already traced (``slimbench.analyze`` keeps one): no tracing."""
-    residual = graph.options.get("residual", "keep")
+    residual = graph.options.get("residual", DEFAULT_RESIDUAL)
     frozen = {bn: f["reason"] for f in (plan.options.get("verification") or {}).get("frozen", [])
               for bn in f["bns"]} if plan is not None else {}
     rows = []
@@ -65,7 +65,8 @@ def format_explanation(rows: list[dict]) -> str:
     return tabulate(rows, headers="keys", tablefmt="github")
 
 
-def prunable_bn_names(model: nn.Module, example_inputs: ExampleInputs, *, residual: str = "keep") -> list[str]:
+def prunable_bn_names(model: nn.Module, example_inputs: ExampleInputs, *,
+                      residual: str = DEFAULT_RESIDUAL) -> list[str]:
     """BatchNorms with at least one channel that pruning (with this residual mode) may remove."""
     graph = build_graph(model, example_inputs, residual=residual)
     allowed = graph.prunable_classes()

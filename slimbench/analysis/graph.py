@@ -24,6 +24,9 @@ from slimbench.core.errors import SlimbenchValueError
 from slimbench.core.inputs import ExampleInputs, as_example_inputs
 from slimbench.core.rules import BNRecord, ConvRecord
 
+RESIDUAL_MODES = ("keep", "shared", "select")
+DEFAULT_RESIDUAL = "keep"  # docs/defaults.md measures the alternatives; every default reads this one name
+
 __all__ = ["ChannelGraph", "ConvRecord", "BNRecord", "Branch", "build_graph"]
 
 
@@ -79,7 +82,7 @@ class ChannelGraph:
         return total
 
 
-def build_graph(model: nn.Module, example_inputs: ExampleInputs, *, residual: str = "keep",
+def build_graph(model: nn.Module, example_inputs: ExampleInputs, *, residual: str = DEFAULT_RESIDUAL,
                 leaf_modules=()) -> ChannelGraph:
     """Trace ``model`` and compute its channel classes. The model is not modified."""
     inputs = as_example_inputs(example_inputs)

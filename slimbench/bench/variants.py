@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from torch import nn
 
 import slimbench
+from slimbench.analysis.graph import DEFAULT_RESIDUAL
 from slimbench.core.inputs import ExampleInputs
 
 __all__ = ["Variant", "UNPRUNED", "METHODS", "DEFAULT_RATIOS", "variants_for", "apply_variant", "param_count",
@@ -30,7 +31,7 @@ _RESIDUAL_EXTRAS = {"none": None, "post-activation": {"branches": "remove"}, "pr
 class Variant:
     method: str  # "unpruned" or a slimbench.plan method
     ratio: float = 0.0
-    residual: str = "keep"
+    residual: str = DEFAULT_RESIDUAL
     branches: str = "keep"
     round_to: int = 1
     widths: str = "channels"  # "latency": latency-aware widths (slimbench.pruning.latency_aware)

@@ -6,6 +6,7 @@ import argparse
 
 from tabulate import tabulate
 
+from slimbench.analysis.graph import DEFAULT_RESIDUAL
 from slimbench.cli._args import add_model_argument, resolve_model_argument
 from slimbench.core.atomic import atomic_write_text, check_destination
 from slimbench.models.resolve import resolve_model
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     budget.add_argument("--ratio", type=float, default=0.5, help="fraction of prunable channels to remove")
     budget.add_argument("--target-macs", type=float, help="fraction of the unpruned MACs to keep")
     parser.add_argument("--round-to", type=int, default=1, help="keep channel counts multiples of N")
-    parser.add_argument("--residual", choices=RESIDUAL_MODES, default="keep",
+    parser.add_argument("--residual", choices=RESIDUAL_MODES, default=DEFAULT_RESIDUAL,
                         help="channels coupled by a residual add: keep whole, shared importance, or select")
     parser.add_argument("--branches", choices=BRANCH_MODES, default="keep",
                         help="remove residual branches whose last BN falls under the threshold")

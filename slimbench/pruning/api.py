@@ -16,7 +16,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from slimbench.analysis.explain import explain_graph
-from slimbench.analysis.graph import ChannelGraph, build_graph
+from slimbench.analysis.graph import DEFAULT_RESIDUAL, ChannelGraph, build_graph
 from slimbench.core.errors import SlimbenchValueError
 from slimbench.core.inputs import ExampleInputs, as_example_inputs
 from slimbench.pruning.options import RESIDUAL_MODES
@@ -29,7 +29,7 @@ __all__ = ["Analysis", "analyze"]
 class Analysis:
     """A model and its channel graph(s) for fixed example inputs; see the module docstring."""
 
-    def __init__(self, model: nn.Module, example_inputs: ExampleInputs, *, residual: str = "keep",
+    def __init__(self, model: nn.Module, example_inputs: ExampleInputs, *, residual: str = DEFAULT_RESIDUAL,
                  leaf_modules=()) -> None:
         if residual not in RESIDUAL_MODES:
             raise SlimbenchValueError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
@@ -88,7 +88,7 @@ class Analysis:
                 f"the plan was made for inputs of shape {plan.input_shapes}, this analysis traced "
                              f"{self.input_shapes}; analyze the model with those inputs, or use "
                              "slimbench.prune(model, plan=plan)")
-        return self.graph(plan.options.get("residual", "keep"))
+        return self.graph(plan.options.get("residual", DEFAULT_RESIDUAL))
 
     def prune(self, plan: PruningPlan, *, remove_branches: bool = True, fold_beta: bool = False) -> nn.Module:
         """A new, physically smaller model (``slimbench.prune`` with this plan); the model is untouched."""
@@ -105,7 +105,7 @@ class Analysis:
         return zero_bn_channels(self.model, plan)
 
 
-def analyze(model: nn.Module, example_inputs: ExampleInputs, *, residual: str = "keep",
+def analyze(model: nn.Module, example_inputs: ExampleInputs, *, residual: str = DEFAULT_RESIDUAL,
             leaf_modules=()) -> Analysis:
     """Trace ``model`` once for ``example_inputs`` (a tensor, tuple of tensors or a shape such as
     (3, 32, 32)); the returned ``Analysis`` explains, plans, prunes and zeroes without re-tracing."""

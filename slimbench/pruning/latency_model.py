@@ -14,7 +14,7 @@ from collections.abc import Callable, MutableMapping
 
 from torch import Tensor, nn
 
-from slimbench.analysis.graph import ChannelGraph, build_graph
+from slimbench.analysis.graph import DEFAULT_RESIDUAL, ChannelGraph, build_graph
 from slimbench.bench.latency import make_runner, measure
 from slimbench.bench.latency_table import LatencyModel, build_table, fastest, layer_specs
 from slimbench.core.inputs import ExampleInputs, as_example_inputs, unwrap
@@ -28,7 +28,8 @@ PruneFn = Callable[[PruningPlan], nn.Module]
 
 
 def latency_model(model: nn.Module, example_inputs: ExampleInputs, *, prune_fn: PruneFn | None = None,
-                  graph: ChannelGraph | None = None, residual: str = "keep", backend: str = "ort", threads: int = 1,
+                  graph: ChannelGraph | None = None, residual: str = DEFAULT_RESIDUAL, backend: str = "ort",
+                  threads: int = 1,
                   cache_dir=None, progress: bool = True, calibrate: bool = True, **table_options) -> LatencyModel:
     """The latency model of ``model`` at ``example_inputs`` (batch included) on ``backend``.
 
@@ -53,7 +54,7 @@ def latency_model(model: nn.Module, example_inputs: ExampleInputs, *, prune_fn: 
     if not calibrate:
         return lm
     reference = make_runner(backend, source, inputs, threads=threads)
-    residual = graph.options.get("residual", "keep")
+    residual = graph.options.get("residual", DEFAULT_RESIDUAL)
     plans = {r: make_plan(source, inputs, method="uniform", ratio=r, residual=residual, graph=graph, warn=False)
              for r in CALIBRATION_RATIOS}
     runners = {"full": reference, **{r: make_runner(backend, prune_fn(p), inputs, threads=threads)
@@ -87,4 +88,4 @@ def resolve_latency(model: nn.Module, inputs: tuple[Tensor, ...], options: Mutab
     if unknown:
         raise ValueError(f"latency: unknown setting {unknown[0]!r}; the settings are {', '.join(LATENCY_KEYS)}")
     options["latency"] = latency_model(model, inputs, prune_fn=prune_fn, graph=graph,
-                                       residual=options.get("residual", "keep"), **settings)
+                                       residual=options.get("residual", DEFAULT_RESIDUAL), **settings)

@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimbench.analysis.graph import RESIDUAL_MODES
 from slimbench.core.errors import SlimbenchValueError
 from slimbench.pruning.criteria import CRITERIA, Criterion, get_criterion
 from slimbench.pruning.importance import Importance, importance_name, resolve_importance
 
 __all__ = ["PlanOptions", "check_options", "as_number", "RESIDUAL_MODES", "BRANCH_MODES", "DEFAULT_RATIO"]
 
-RESIDUAL_MODES = ("keep", "shared", "select")
 BRANCH_MODES = ("keep", "remove")
 DEFAULT_RATIO = 0.5
 KEYWORDS = ("method", "ratio", "target_macs", "round_to", "residual", "branches", "importance",

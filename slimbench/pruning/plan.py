@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from slimbench.analysis.graph import ChannelGraph, build_graph
+from slimbench.analysis.graph import DEFAULT_RESIDUAL, ChannelGraph, build_graph
 from slimbench.core.errors import SlimbenchValueError
 from slimbench.core.inputs import ExampleInputs, as_example_inputs, unwrap
 from slimbench.pruning.diagnose import warn_if_little
@@ -96,7 +96,7 @@ class PruningPlan:
 
 def make_plan(model: nn.Module, example_inputs: ExampleInputs, *, method: str = "network_slimming",
               ratio: float | None = None, target_macs: float | None = None, round_to: int = 1,
-              residual: str = "keep", branches: str = "keep", importance: str | Importance = "gamma",
+              residual: str = DEFAULT_RESIDUAL, branches: str = "keep", importance: str | Importance = "gamma",
               ignored_layers=(), layer_ratios: dict[str, float] | None = None, leaf_modules=(),
               graph: ChannelGraph | None = None, warn: bool = True, target_latency: float | None = None,
               widths: str = "channels", latency=None, **criterion_options) -> PruningPlan:
@@ -113,7 +113,7 @@ def make_plan(model: nn.Module, example_inputs: ExampleInputs, *, method: str = 
     inputs = as_example_inputs(example_inputs)
     if graph is None:
         graph = build_graph(model, inputs, residual=residual, leaf_modules=leaf_modules)
-    elif graph.options.get("residual", "keep") != residual:
+    elif graph.options.get("residual", DEFAULT_RESIDUAL) != residual:
         raise SlimbenchValueError(f"the channel graph was traced with residual={graph.options.get('residual')!r}; "
                          f"a plan with residual={residual!r} needs its own (slimbench.analyze keeps one per mode)")
     plan = plan_on_graph(model, inputs, graph, opts)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, fx, nn
 
-from slimbench.analysis.graph import ChannelGraph, build_graph
+from slimbench.analysis.graph import DEFAULT_RESIDUAL, ChannelGraph, build_graph
 from slimbench.core.errors import SlimbenchValueError
 from slimbench.core.inputs import ExampleInputs, as_example_inputs, unwrap
 from slimbench.core.modules import MaskedBatchNorm
@@ -55,9 +55,9 @@ def plan(model: nn.Module, example_inputs: ExampleInputs, *, method: str = "netw
 
 
 def _graph_for(model: nn.Module, p: PruningPlan, graph: ChannelGraph | None = None) -> ChannelGraph:
-    residual = p.options.get("residual", "keep")
+    residual = p.options.get("residual", DEFAULT_RESIDUAL)
     if graph is not None:
-        if graph.options.get("residual", "keep") != residual:
+        if graph.options.get("residual", DEFAULT_RESIDUAL) != residual:
             raise SlimbenchValueError(
                 f"the plan was made with residual={residual!r}, the channel graph given was traced "
                              f"with residual={graph.options.get('residual')!r}")
@@ -140,7 +140,7 @@ def prune(model: nn.Module, example_inputs: ExampleInputs | None = None, *, plan
             raise SlimbenchValueError("prune needs example_inputs (a tensor or a shape like (3, 32, 32)) or a plan")
         example_inputs = as_example_inputs(example_inputs)
         if graph is None:  # traced once, for the plan and the surgery
-            graph = build_graph(model, example_inputs, residual=plan_options.get("residual", "keep"),
+            graph = build_graph(model, example_inputs, residual=plan_options.get("residual", DEFAULT_RESIDUAL),
                                 leaf_modules=plan_options.get("leaf_modules", ()))
         plan = make_plan(model, example_inputs, graph=graph, **plan_options)
     elif plan_options:

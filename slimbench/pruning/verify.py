@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
-from slimbench.analysis.graph import ChannelGraph
+from slimbench.analysis.graph import DEFAULT_RESIDUAL, ChannelGraph
 from slimbench.core.errors import SlimbenchError, SlimbenchRuntimeError, SlimbenchValueError
 from slimbench.core.inputs import unwrap
 from slimbench.pruning.plan import PruningPlan, keep_from_plan
@@ -338,7 +338,7 @@ def replan_without_frozen(result: nn.Module, graph: ChannelGraph, options: dict,
         return result
     first = result.slimbench_plan
     user_ignored = list(first.options.get("ignored_layers", []))
-    residual = first.options.get("residual", "keep")
+    residual = first.options.get("residual", DEFAULT_RESIDUAL)
     replanned = None
     for _ in range(MAX_REPLANS):
         names = sorted({bn for f in frozen for bn in f["bns"]} - set(user_ignored))

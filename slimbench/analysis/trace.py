@@ -27,7 +27,7 @@ from torch.fx.experimental.meta_tracer import MetaTracer, proxys_to_metas
 
 from slimbench.core.errors import SlimbenchRuntimeError
 from slimbench.core.inputs import unwrap
-from slimbench.core.rules import always_leaf
+from slimbench.core.rules import always_leaf, meta_call
 
 __all__ = ["trace", "TraceFailure"]
 
@@ -129,8 +129,6 @@ class _ShapeTracer(_LeafRules, MetaTracer):
         if kind != "call_module":
             return super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
         proxy = fx.Tracer.create_proxy(self, kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
-        from slimbench.core.rules import meta_call
-
         self._disable_module_getattr = True
         self._raw_calls += 1
         try:

@@ -25,7 +25,7 @@ from slimbench.core.inputs import ExampleInputs, as_example_inputs
 from slimbench.core.rules import BNRecord, ConvRecord
 
 RESIDUAL_MODES = ("keep", "shared", "select")
-DEFAULT_RESIDUAL = "keep"  # docs/defaults.md measures the alternatives; every default reads this one name
+DEFAULT_RESIDUAL = "shared"  # docs/defaults.md measures the alternatives; every default reads this one name
 
 __all__ = ["ChannelGraph", "ConvRecord", "BNRecord", "Branch", "build_graph"]
 

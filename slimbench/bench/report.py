@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm import tqdm
 
+from slimbench.analysis.graph import DEFAULT_RESIDUAL
 from slimbench.bench.latency import environment, require_backends, speedup, speedup_iqr, time_models
 from slimbench.bench.variants import DEFAULT_RATIOS, METHODS, apply_variant, count_model, variants_for
 
@@ -169,7 +170,7 @@ def _report_model(name: str, s: ReportSettings, bar) -> tuple[list[dict], np.nda
     for variant in variants_for(info.residual, ratios=s.ratios, methods=s.methods, round_to=s.round_to):
         bar.set_description(f"{name}: {variant.label} {variant.ratio:g}")
         pruned, plan = apply_variant(model, x, variant)
-        if plan is not None and variant.method == "network_slimming" and variant.residual == "keep" \
+        if plan is not None and variant.method == "network_slimming" and variant.residual == DEFAULT_RESIDUAL \
                 and variant.branches == "keep":
             thresholds[variant.ratio] = _threshold(model, plan)
         if s.finetune_steps and variant.method != "unpruned":

@@ -24,6 +24,7 @@ __all__ = ["Variant", "UNPRUNED", "METHODS", "DEFAULT_RATIOS", "variants_for", "
 METHODS = ("network_slimming", "optimal_thresholding")
 DEFAULT_RATIOS = (0.3, 0.5, 0.7)
 # residual style (slimbench.models.RESIDUAL_STYLES) -> the network-slimming variant it adds
+_RESIDUAL_LABELS = {"keep": "+residual-kept", "shared": "+shared-residual", "select": "+channel-selection"}
 _RESIDUAL_EXTRAS = {"none": None, "post-activation": {"branches": "remove"}, "pre-activation": {"residual": "select"}}
 
 
@@ -38,8 +39,8 @@ class Variant:
 
     @property
     def label(self) -> str:
-        extra = {("keep", "remove"): "+branch-removal", ("select", "keep"): "+channel-selection",
-                 ("shared", "keep"): "+shared-residual"}.get((self.residual, self.branches), "")
+        extra = "" if self.residual == DEFAULT_RESIDUAL else _RESIDUAL_LABELS[self.residual]
+        extra += "+branch-removal" if self.branches == "remove" else ""
         rounding = f"+round{self.round_to}" if self.round_to > 1 else ""
         aware = "+latency-widths" if self.widths == "latency" else ""
         return f"{self.method}{extra}{rounding}{aware}"

@@ -90,19 +90,24 @@ def update_bn_by_names(model: nn.Module, names: Iterable[str] | Mapping[str, flo
     return sum(_add_l1_subgradient(bns, strength) for strength, bns in chosen.items())
 
 
-_PRUNABLE_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[str, ...]] = weakref.WeakKeyDictionary()
+_PRUNABLE_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[str, ...]]] = weakref.WeakKeyDictionary()
 
 
-def update_prunable_bn(model: nn.Module, example_inputs, s: float = 1e-4) -> int:
+def update_prunable_bn(model: nn.Module, example_inputs, s: float = 1e-4, *, residual: str | None = None) -> int:
     """Apply the L1 subgradient only to BNs whose channels pruning can remove.
 
+    ``residual`` is the mode you will plan with (default: the plan's default): with ``"keep"``, BNs
+    joined by residual adds are never pruned, so they get no sparsity either.
     The trace is cached per model object (weakly, nothing is stored on the model), so calling
     this every step is cheap.
     """
     from slimbench.analysis.explain import prunable_bn_names
+    from slimbench.analysis.graph import DEFAULT_RESIDUAL
 
+    residual = residual or DEFAULT_RESIDUAL
     inner = unwrap(model)
-    names = _PRUNABLE_CACHE.get(inner)
+    per_mode = _PRUNABLE_CACHE.setdefault(inner, {})
+    names = per_mode.get(residual)
     if names is None:
-        names = _PRUNABLE_CACHE[inner] = tuple(prunable_bn_names(inner, example_inputs))
+        names = per_mode[residual] = tuple(prunable_bn_names(inner, example_inputs, residual=residual))
     return update_bn_by_names(inner, names, s)

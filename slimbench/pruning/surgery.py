@@ -116,6 +116,20 @@ def _as_graph_module(model: nn.Module, graph: ChannelGraph, branches: list[str])
     return fx.GraphModule(model, g, class_name=type(model).__name__)
 
 
+def _branch_interior(graph: ChannelGraph, removed: frozenset[str]) -> np.ndarray:
+    """Channels that only the removed branches' modules carry: kept (zeroed) when the branches stay.
+
+    A branch's last conv writes into the residual sum, whose channels the trunk's BNs decide
+    (with residual='shared' they may be pruned); only the channels inside the branch are kept whole.
+    """
+    owned = np.isin(np.array([owner for _, owner, _ in graph.spaces]), list(removed))[graph.space_of]
+    outside = np.zeros(graph.n_classes, dtype=bool)
+    for name, rec in graph.bns.items():
+        if name not in removed:
+            outside[graph.class_of[rec.gids]] = True
+    return owned & ~outside[graph.class_of]
+
+
 def prune(model: nn.Module, example_inputs: ExampleInputs | None = None, *, plan: PruningPlan | None = None,
           remove_branches: bool = True, fold_beta: bool = False, verify: bool = True,
           graph: ChannelGraph | None = None,
@@ -151,8 +165,7 @@ def prune(model: nn.Module, example_inputs: ExampleInputs | None = None, *, plan
     source = unwrap(model)
     pruned = copy.deepcopy(source)
     if removed and not remove_branches:
-        owned = np.isin(np.array([owner for _, owner, _ in graph.spaces]), list(removed))
-        keep = keep | owned[graph.space_of]
+        keep = keep | _branch_interior(graph, removed)
     modules = dict(pruned.named_modules())
     with torch.no_grad():
         for name, rec in graph.convs.items():

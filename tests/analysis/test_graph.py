@@ -36,7 +36,7 @@ def test_loop_over_named_children_keeps_module_names():
 
 def test_bn_to_bn_shortcut_is_coupled_and_exact():
     model = randomize_bn(BNShortcut())
-    rows = rows_by_bn(model, (3, 8, 8))
+    rows = rows_by_bn(model, (3, 8, 8), residual="keep")
     assert rows["bn0"]["status"] == "coupled (residual)"
     assert "bn_short" in rows["bn0"]["coupled_with"] and "body.2" in rows["bn0"]["coupled_with"]
     assert rows["body.0.1"]["status"] == "prunable"
@@ -49,7 +49,7 @@ def test_bn_to_bn_shortcut_is_coupled_and_exact():
 
 
 def test_residual_coupling_in_torchvision_resnet():
-    rows = rows_by_bn(torchvision.models.resnet18(), (3, 32, 32))
+    rows = rows_by_bn(torchvision.models.resnet18(), (3, 32, 32), residual="keep")
     assert rows["layer1.0.bn1"]["status"] == "prunable"
     assert rows["layer1.0.bn2"]["status"] == "coupled (residual)"
     assert "bn1" in rows["layer1.0.bn2"]["coupled_with"]
@@ -91,7 +91,7 @@ def test_output_channels_are_frozen():
 
 
 def test_explanation_prints_as_table():
-    text = format_explanation(slimbench.explain(PostActResidual(), (3, 8, 8)))
+    text = format_explanation(slimbench.explain(PostActResidual(), (3, 8, 8), residual="keep"))
     assert "stem.1" in text and "coupled (residual)" in text and "prunable" in text
 
 

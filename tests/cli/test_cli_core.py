@@ -13,7 +13,10 @@ from slimbench.cli import main
 def test_explain_prints_a_row_per_bn(capsys):
     assert main(["explain", "resnet18", "--input-size", "3", "32", "32"]) == 0
     out = capsys.readouterr().out
-    assert "layer1.0.bn1" in out and "coupled (residual)" in out and "prunable" in out
+    assert "layer1.0.bn1" in out and "prunable (shared)" in out  # the default residual mode
+    assert main(["explain", "resnet18", "--input-size", "3", "32", "32", "--residual", "keep"]) == 0
+    out = capsys.readouterr().out
+    assert "coupled (residual)" in out and "prunable" in out
 
 
 def test_prune_writes_a_loadable_model(tmp_path, capsys):

@@ -60,7 +60,7 @@ def test_target_macs_meets_the_budget(resnet, method):
 
 def test_unreachable_budget_is_an_error(resnet):
     with pytest.raises(ValueError, match="out of reach"):
-        slimbench.plan(resnet, (3, 32, 32), target_macs=0.01)
+        slimbench.plan(resnet, (3, 32, 32), target_macs=0.01, residual="keep")
 
 
 def test_round_to_keeps_multiples(resnet):
@@ -127,7 +127,7 @@ def test_all_coupled_plan_warns_with_the_reason_and_a_computed_alternative():
     model = randomize_bn(RepNet())
     with pytest.warns(UserWarning, match=r"removes only 0\.0% .*all 6 BNs are in coupled residual groups.*"
                                          r"residual='shared' removes (\d+)% of the MACs") as record:
-        plan = slimbench.plan(model, (3, 16, 16), ratio=0.5)
+        plan = slimbench.plan(model, (3, 16, 16), ratio=0.5, residual="keep")
     assert plan.macs_after == plan.macs_before
     claimed = int(re.search(r"shared' removes (\d+)%", str(record[-1].message)).group(1))
     shared = slimbench.plan(model, (3, 16, 16), ratio=0.5, residual="shared")
@@ -151,12 +151,13 @@ def test_target_macs_plan_records_no_ratio(resnet):
 
 
 def test_unreachable_budget_reports_the_reachable_minimum(resnet):
-    most = slimbench.plan(resnet, (3, 32, 32), ratio=0.999)
+    most = slimbench.plan(resnet, (3, 32, 32), ratio=0.999, residual="keep")
     floor = most.macs_after / most.macs_before
     with pytest.raises(ValueError, match=r"out of reach") as err:
-        slimbench.plan(resnet, (3, 32, 32), target_macs=0.01)
+        slimbench.plan(resnet, (3, 32, 32), target_macs=0.01, residual="keep")
     assert f"leaves {floor:.3f} of the MACs" in str(err.value) and "1.000" not in str(err.value)
-    reachable = slimbench.plan(resnet, (3, 32, 32), target_macs=float(re.search(r">= ([\d.]+)", str(err.value))[1]))
+    reachable = slimbench.plan(resnet, (3, 32, 32), residual="keep",
+                               target_macs=float(re.search(r">= ([\d.]+)", str(err.value))[1]))
     assert reachable.macs_after < reachable.macs_before
 
 
@@ -256,7 +257,7 @@ def test_layer_ratios_override_one_layer(resnet):
 ])
 def test_bad_layer_ratios(resnet, ratios, message):
     with pytest.raises(ValueError, match=message):
-        slimbench.plan(resnet, (3, 32, 32), layer_ratios=ratios)
+        slimbench.plan(resnet, (3, 32, 32), layer_ratios=ratios, residual="keep")
 
 
 class WithEmptyLinear(nn.Module):

@@ -35,13 +35,20 @@ def test_by_names_touches_only_those_and_accepts_dataparallel_prefix():
     assert torch.equal(model.stem[1].weight.grad, base["stem.1"])
 
 
-def test_prunable_only_variant_skips_coupled_bns():
+def test_prunable_only_variant_skips_coupled_bns_when_residual_channels_are_kept():
     model = PostActResidual()
     base = backward(model)
-    slimbench.update_prunable_bn(model, (3, 8, 8), s=0.5)
+    slimbench.update_prunable_bn(model, (3, 8, 8), s=0.5, residual="keep")
     assert not torch.equal(model.block1[0][1].weight.grad, base["block1.0.1"])  # interior: prunable
     assert torch.equal(model.stem[1].weight.grad, base["stem.1"])  # residual-coupled: skipped
     assert not hasattr(model, "_slimbench_prunable_bn")  # no residue on the model
+
+
+def test_prunable_only_variant_follows_the_default_residual_mode():
+    model = PostActResidual()
+    base = backward(model)
+    slimbench.update_prunable_bn(model, (3, 8, 8), s=0.5)  # default "shared": coupled groups are prunable
+    assert not torch.equal(model.stem[1].weight.grad, base["stem.1"])
 
 
 def test_skips_bn_without_grad_or_affine():

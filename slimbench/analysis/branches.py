@@ -1,8 +1,11 @@
 """Residual branches that can be removed whole.
 
 A branch is the part of the graph that only feeds one operand of a residual add and ends in a
-BatchNorm (through zero-preserving pointwise ops). If that BN's channels are all pruned, the
-branch contributes exactly 0 and the add can be replaced by its other operand.
+BatchNorm, followed only by zero-preserving ops: pointwise ones, and convs / linears without a
+bias (a pre-activation block ends BN → ReLU → conv). If that BN's channels are all pruned, the
+branch contributes exactly 0 and the add can be replaced by its other operand. Removing a branch
+zeroes all of its BNs in the reference model (``zero_bn_channels``), so a plan may also remove a
+branch because *another* of its BNs is empty (``branches="remove-any"``, netslim's rule).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torch import fx, nn
+from torch.nn.modules.conv import _ConvNd
 
 from slimbench.analysis import ops
 from slimbench.analysis.interpreter import ChannelInterpreter
@@ -70,6 +74,9 @@ def find_branches(builder: ChannelInterpreter) -> list[Branch]:
     return found
 
 
+def _linear_without_bias(module: nn.Module) -> bool:
+    """A conv or linear layer maps zeros to zeros when it has no bias."""
+    return isinstance(module, (_ConvNd, nn.Linear)) and module.bias is None
 
 
 def _has_state(module: nn.Module) -> bool:
@@ -84,7 +91,7 @@ def _branch_end(builder: ChannelInterpreter, node: fx.Node) -> str | None:
             module = builder.modules[node.target]
             if node.target in builder.bns and not builder.bns[node.target].selector:
                 return node.target
-            if not ops.pointwise_zero_preserving(module):
+            if not (ops.pointwise_zero_preserving(module) or _linear_without_bias(module)):
                 return None
         elif node.op in ("call_function", "call_method"):
             if not ops.pointwise_zero_preserving(node.target) or len(node.all_input_nodes) != 1:

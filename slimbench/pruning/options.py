@@ -22,7 +22,7 @@ from slimbench.pruning.importance import Importance, importance_name, resolve_im
 
 __all__ = ["PlanOptions", "check_options", "as_number", "RESIDUAL_MODES", "BRANCH_MODES", "DEFAULT_RATIO"]
 
-BRANCH_MODES = ("keep", "remove")
+BRANCH_MODES = ("keep", "remove", "remove-any")  # remove: the last BN is empty; remove-any: any BN (netslim)
 DEFAULT_RATIO = 0.5
 KEYWORDS = ("method", "ratio", "target_macs", "round_to", "residual", "branches", "importance",
             "ignored_layers", "layer_ratios", "leaf_modules", "target_latency", "widths", "latency")
@@ -165,12 +165,13 @@ def check_options(model: nn.Module, *, method: str, ratio, target_macs, round_to
         raise SlimbenchValueError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
     if branches not in BRANCH_MODES:
         raise SlimbenchValueError(f"branches must be one of {BRANCH_MODES}, got {branches!r}")
-    if branches == "remove" and criterion.threshold is None:
+    if branches != "keep" and criterion.threshold is None:
         with_threshold = [c.name for c in CRITERIA.values() if c.threshold is not None]
-        raise SlimbenchValueError(f"branches='remove' compares a branch's importance with a global threshold, which "
-                         f"{method!r} does not have; use it with method={' or '.join(map(repr, with_threshold))}")
-    if branches == "remove" and ratio is None and target_macs is None and target_latency is None:
-        raise SlimbenchValueError(f"branches='remove' needs ratio or target_macs to set the threshold, not "
+        raise SlimbenchValueError(f"branches={branches!r} compares a branch's importance with a global threshold, "
+                                  f"which {method!r} does not have; use it with method="
+                                  f"{' or '.join(map(repr, with_threshold))}")
+    if branches != "keep" and ratio is None and target_macs is None and target_latency is None:
+        raise SlimbenchValueError(f"branches={branches!r} needs ratio or target_macs to set the threshold, not "
                          f"{amount[0]}")
     _check_latency(target_latency, widths, latency, round_to, branches)
     if target_latency is not None:
@@ -205,7 +206,7 @@ def _check_latency(target_latency, widths, latency, round_to: int, branches: str
     if widths == "latency" and round_to > 1:
         raise ValueError(f"widths='latency' chooses each layer's width from its measured latency steps, so "
                          f"round_to={round_to} would be ignored; pass one or the other")
-    if widths == "latency" and branches == "remove":
+    if widths == "latency" and branches != "keep":
         raise ValueError("widths='latency' does not remove residual branches; use branches='keep' with it")
     if latency is not None and target_latency is None and widths == "channels":
         raise ValueError("latency= configures latency-aware planning; pass it with target_latency or "

@@ -165,10 +165,10 @@ def plan_on_graph(model: nn.Module, inputs: tuple[Tensor, ...], graph: ChannelGr
             mask[layer] = True
             prune |= smallest(importance, mask, int(np.floor(layer_ratio * layer.size)))
         names: list[str] = []
-        if opts.branches == "remove":
+        if opts.branches != "keep":
             threshold = criterion.threshold(importance, candidates, r)
-            names = [b.bn for b in graph.branches
-                     if b.bn not in kept_branches and bool((scores[b.bn] <= threshold).all())]
+            names = [b.bn for b in graph.branches if b.bn not in kept_branches and any(
+                bool((scores[bn] <= threshold).all()) for bn in _deciding_bns(b, opts.branches, scores))]
         removed_modules, removed_spaces = removed_by(graph, names)
         prune = enforce(graph, prune, importance, candidates, opts.round_to, removed_spaces)
         return prune, names, removed_modules
@@ -203,6 +203,13 @@ def plan_on_graph(model: nn.Module, inputs: tuple[Tensor, ...], graph: ChannelGr
     keep_gid = ~prune[graph.class_of]
     return _to_plan(graph, keep_gid, names, removed_modules, criterion.name,
                     None if opts.target_macs is not None else ratio, inputs, base, opts.record())
+
+
+def _deciding_bns(branch, mode: str, scores: dict) -> list[str]:
+    """The BNs whose emptiness removes ``branch``: its last one, or (``remove-any``) any of them."""
+    if mode == "remove":
+        return [branch.bn]
+    return [name for name in scores if name in branch.modules]
 
 
 def _more_hint(graph: ChannelGraph, opts: PlanOptions) -> str:

@@ -59,12 +59,13 @@ def make_branch_dead(model, bn_name):
     return model
 
 
+@pytest.mark.parametrize("residual", ["keep", "shared"])
 @pytest.mark.parametrize("remove", [True, False])
-def test_branch_removal(remove):
+def test_branch_removal(remove, residual):
     model = make_branch_dead(randomize_bn(PostActResidual(), seed=1), "block1.2")
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     model.double()
-    plan = slimbench.plan(model, x, ratio=0.3, branches="remove")
+    plan = slimbench.plan(model, x, ratio=0.3, branches="remove", residual=residual)
     assert plan.branches == ["block1.2"]
     assert not plan.masks["block1.0.1"].any() and not plan.masks["block1.2"].any()
     pruned = slimbench.prune(model, x, plan=plan, remove_branches=remove)
@@ -101,3 +102,35 @@ def test_zero_matches_pruned_outputs_and_keeps_shapes():
     zeroed = slimbench.zero(model, plan)
     assert {k: v.shape for k, v in zeroed.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
     assert_equivalent(model, x, plan, zeroed)
+
+
+def test_branch_removal_on_preactivation_blocks_that_end_in_a_conv():
+    model = make_branch_dead(randomize_bn(PreActResidual(), seed=2), "blocks.1.3")
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    model.double()
+    plan = slimbench.plan(model, x, ratio=0.3, branches="remove")
+    assert plan.branches == ["blocks.1.3"]
+    pruned = slimbench.prune(model, x, plan=plan)
+    assert not any(n.startswith("blocks.1") for n, _ in pruned.named_modules())
+    assert_equivalent(model, x, plan, pruned)
+    assert plan.macs_after == conv_linear_macs(pruned, x[:1])
+
+
+@pytest.mark.parametrize(("family", "dead"), [("post-act residual", "block1.0.1"), ("pre-act residual", "blocks.0.0")])
+def test_remove_any_drops_a_branch_whose_inner_bn_is_empty(family, dead):
+    model = make_branch_dead(randomize_bn(MODELS[family](), seed=4), dead)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    model.double()
+    last_only = slimbench.plan(model, x, ratio=0.3, branches="remove")
+    any_bn = slimbench.plan(model, x, ratio=0.3, branches="remove-any")
+    assert last_only.branches == [] and len(any_bn.branches) == 1
+    branch = any_bn.branches[0]
+    assert not any_bn.masks[dead].any() and not any_bn.masks[branch].any()  # the whole branch is zeroed
+    pruned = slimbench.prune(model, x, plan=any_bn)
+    assert_equivalent(model, x, any_bn, pruned)
+    assert any_bn.macs_after < last_only.macs_after
+
+
+def test_remove_any_needs_a_threshold():
+    with pytest.raises(ValueError, match="branches='remove-any' compares a branch's importance"):
+        slimbench.plan(PostActResidual(), (3, 8, 8), method="uniform", ratio=0.3, branches="remove-any")

@@ -203,6 +203,7 @@ class LatencyTable:
     entries: dict[str, dict] = field(default_factory=dict)
     build_seconds: float = 0.0
     measured_points: int = 0
+    cached_shapes: int = 0  # layer shapes of the last build_table read from the cache (the rest were measured)
 
     def cost(self, spec: LayerSpec, cin: int, cout: int) -> float:
         entry = self.entries[spec.key]
@@ -279,6 +280,7 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
             if cached.key == key:
                 table.entries.update(cached.entries)
     missing = [s for k, s in unique.items() if k not in table.entries]
+    table.cached_shapes = len(unique) - len(missing)
     if missing:
         factory = runner_factory or (lambda s, cin, cout: make_runner(
             backend, s.module(cin, cout), s.inputs(cin), threads=threads))

@@ -26,8 +26,10 @@ from tqdm import tqdm
 from slimbench.analysis.graph import DEFAULT_RESIDUAL
 from slimbench.bench.latency import environment, require_backends, speedup, speedup_iqr, time_models
 from slimbench.bench.variants import DEFAULT_RATIOS, METHODS, apply_variant, count_model, variants_for
+from slimbench.pruning.options import check_latency_settings
+from slimbench.pruning.plan import PruningPlan
 
-__all__ = ["ReportSettings", "Report", "build_report"]
+__all__ = ["ReportSettings", "Report", "build_report", "latency_backend"]
 
 
 @dataclass
@@ -53,6 +55,8 @@ class ReportSettings:
     round_to: int = 1
     seed: int = 0
     progress: bool = True
+    latency_aware: bool = False  # one more row per model: network slimming, latency-aware widths, middle ratio
+    latency_table_timing: dict | None = None  # measure() options of its latency table, only to shorten it (tests)
 
     def run_record(self) -> dict:
         """The settings behind every number, as the report files record them."""
@@ -62,7 +66,23 @@ class ReportSettings:
                 "gamma_init": self.gamma_init, "finetune_steps": self.finetune_steps,
                 "finetune_lr": self.finetune_lr, "latency_batch_size": self.batch_size, "threads": self.threads,
                 "backends": list(self.backends), "latency_time_s": self.latency_time, "round_to": self.round_to,
-                "seed": self.seed}
+                "seed": self.seed, "latency_aware": self.latency_aware,
+                **({"latency_table_timing": dict(self.latency_table_timing)} if self.latency_table_timing else {})}
+
+    def latency_options(self) -> dict:
+        """Plan options of the latency-aware row: its table is measured on the report's latency backend,
+        batch and threads, cached under the default cache dir (``$SLIMBENCH_CACHE``)."""
+        settings = {"backend": latency_backend(self.backends), "threads": self.threads, "batch": self.batch_size,
+                    "progress": self.progress}
+        if self.latency_table_timing:
+            settings["timing"] = dict(self.latency_table_timing)
+        return {"latency": settings}
+
+
+def latency_backend(backends: Sequence[str]) -> str:
+    """The backend latency-aware widths are planned on: onnxruntime when the report times it (its
+    channel blocks are what the widths follow), else the first of ``backends``."""
+    return "ort" if "ort" in backends else backends[0]
 
 
 @dataclass
@@ -73,6 +93,7 @@ class Report:
     seconds: float = 0.0
     run: dict = field(default_factory=dict)  # settings + environment (machine, CPU, versions, commit)
     thresholds: dict[str, dict[float, float]] = field(default_factory=dict)  # model -> ratio -> gamma threshold
+    plans: dict[str, PruningPlan] = field(default_factory=dict)  # case -> the plan its pruned model was built from
 
 
 def _info(name: str, dataset: str):
@@ -156,7 +177,7 @@ def _timed(rows: list[dict], timings: dict, base_case: str) -> None:
             row[f"speedup_{backend}_iqr"] = speedup_iqr(ref, t)
 
 
-def _report_model(name: str, s: ReportSettings, bar) -> tuple[list[dict], np.ndarray, dict, list[str]]:
+def _report_model(name: str, s: ReportSettings, bar) -> tuple[list[dict], np.ndarray, dict, list[str], dict]:
     from slimbench.data import parse_data_option
     from slimbench.training.loop import evaluate, finetune
 
@@ -166,13 +187,20 @@ def _report_model(name: str, s: ReportSettings, bar) -> tuple[list[dict], np.nda
     model, info, train_loader, test_loader, size = _prepare(name, s, dataset, root, notes)
     untrained = not s.checkpoint and s.epochs == 0
     x = torch.randn(1, *info.input_shape, generator=torch.Generator().manual_seed(s.seed))
-    rows, models, thresholds = [], {}, {}
-    for variant in variants_for(info.residual, ratios=s.ratios, methods=s.methods, round_to=s.round_to):
-        bar.set_description(f"{name}: {variant.label} {variant.ratio:g}")
-        pruned, plan = apply_variant(model, x, variant)
+    rows, models, thresholds, plans = [], {}, {}, {}
+    for variant in variants_for(info.residual, ratios=s.ratios, methods=s.methods, round_to=s.round_to,
+                                latency_aware=s.latency_aware):
+        aware = variant.widths == "latency"
+        bar.set_description(f"{name}: {variant.label} {variant.ratio:g}"
+                            + (f" (latency model on {latency_backend(s.backends)})" if aware else ""))
+        pruned, plan = apply_variant(model, x, variant, s.latency_options() if aware else None)
         if plan is not None and variant.method == "network_slimming" and variant.residual == DEFAULT_RESIDUAL \
-                and variant.branches == "keep":
+                and variant.branches == "keep" and not aware:
             thresholds[variant.ratio] = _threshold(model, plan)
+        if plan is not None:
+            plans[variant.key(name)] = getattr(pruned, "slimbench_plan", plan)  # as verified by prune
+        if aware:
+            notes.append(_latency_note(name, plans[variant.key(name)]))
         if s.finetune_steps and variant.method != "unpruned":
             finetune(pruned, train_loader, epochs=1, steps_per_epoch=s.finetune_steps, lr=s.finetune_lr,
                      milestones=(1.0,), progress=False, seed=s.seed)
@@ -193,7 +221,23 @@ def _report_model(name: str, s: ReportSettings, bar) -> tuple[list[dict], np.nda
                      f"lr {s.finetune_lr:g}) before evaluation")
     notes.append(f"{name}: params/MACs/latency at {'x'.join(map(str, info.input_shape))}, batch {s.batch_size}, "
                  f"{s.threads} thread(s); accuracy on the {dataset} test split")
-    return rows, _gammas(model), {r: t for r, t in thresholds.items() if t is not None}, notes
+    return rows, _gammas(model), {r: t for r, t in thresholds.items() if t is not None}, notes, plans
+
+
+def _latency_note(name: str, plan: PruningPlan) -> str:
+    t = plan.options["latency"]["table"]
+    how = ("read from the cache" if t["from_cache"] else
+           f"built in {t['build_s']:.1f} s ({t['measured_points']} points timed, {t['cached_shapes']} of "
+           f"{t['shapes']} layer shapes from the cache)")
+    return (f"{name}: +latency-widths = network slimming with every layer at the end of a measured latency step "
+            f"({t['backend']}, {t['threads']} thread(s), batch {t['batch']}; layer table {how})")
+
+
+def _latency_tables(rows: list[dict], plans: dict[str, PruningPlan]) -> dict[str, dict]:
+    """model -> the latency table behind its latency-aware row (run record): key, build time, cache use."""
+    aware = {r["model"]: plans[r["case"]].options["latency"] for r in rows
+             if r["case"] in plans and plans[r["case"]].options.get("widths") == "latency"}
+    return {model: {**info["table"], "predicted_ratio": info.get("predicted_ratio")} for model, info in aware.items()}
 
 
 def _check(settings: ReportSettings) -> str:
@@ -211,24 +255,30 @@ def _check(settings: ReportSettings) -> str:
         if value is not None and value < least:
             raise ValueError(f"--{option.replace('_', '-')} must be >= {least}, got {value}")
     require_backends(settings.backends)
+    if settings.latency_aware:
+        check_latency_settings(settings.latency_options()["latency"])
     return parse_data_option(settings.data)[0]
 
 
 def build_report(settings: ReportSettings) -> Report:
-    """Run every model of ``settings`` and return rows, caption, provenance, gamma values and thresholds."""
+    """Run every model of ``settings`` and return rows, caption, provenance, gamma values, thresholds and
+    the plan of every pruned row (``Report.plans``, by case)."""
     start = time.perf_counter()
     dataset = _check(settings)
-    total = sum(len(variants_for(_info(n, dataset).residual, ratios=settings.ratios, methods=settings.methods))
-                for n in settings.models)
-    rows, gammas, thresholds, notes = [], {}, {}, []
+    total = sum(len(variants_for(_info(n, dataset).residual, ratios=settings.ratios, methods=settings.methods,
+                                 latency_aware=settings.latency_aware)) for n in settings.models)
+    rows, gammas, thresholds, notes, plans = [], {}, {}, [], {}
     with tqdm(total=total, disable=not settings.progress, file=sys.stderr, unit="variant") as bar:
         for name in settings.models:
-            model_rows, gammas[name], thresholds[name], model_notes = _report_model(name, settings, bar)
+            model_rows, gammas[name], thresholds[name], model_notes, model_plans = _report_model(name, settings, bar)
             rows += model_rows
             notes += model_notes
+            plans.update(model_plans)
     counting = ("MACs = conv+linear multiply-accumulates" if rows and rows[0]["flops"] is not None
                 else "MACs = conv+linear multiply-accumulates (torch FlopCounterMode); FLOPs need thop_ext")
     caption = "; ".join([*notes, counting, "speedup = unpruned median / pruned median, measured interleaved, "
                          "(IQR) = spread of the per-round speedups"])
     run = {"settings": settings.run_record(), "environment": environment(settings.threads)}
-    return Report(rows, caption, gammas, time.perf_counter() - start, run, thresholds)
+    if settings.latency_aware:
+        run["latency_tables"] = _latency_tables(rows, plans)
+    return Report(rows, caption, gammas, time.perf_counter() - start, run, thresholds, plans)

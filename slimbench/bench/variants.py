@@ -9,7 +9,7 @@ which channel selection prunes.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from torch import nn
@@ -79,15 +79,17 @@ def variants_for(residual: str, *, ratios: Sequence[float] = DEFAULT_RATIOS, met
     return out
 
 
-def apply_variant(model: nn.Module, example_inputs: ExampleInputs, variant: Variant
-                  ) -> tuple[nn.Module, slimbench.PruningPlan | None]:
-    """(pruned model, plan); the unpruned variant returns the model itself and no plan."""
+def apply_variant(model: nn.Module, example_inputs: ExampleInputs, variant: Variant,
+                  options: Mapping | None = None) -> tuple[nn.Module, slimbench.PruningPlan | None]:
+    """(pruned model, plan); the unpruned variant returns the model itself and no plan. ``options``: plan
+    options added to the variant's, e.g. ``{"latency": {"backend": "ort", "threads": 1, "batch": 1}}``
+    for a latency-aware variant (where and how its latency table is measured)."""
     if variant.method == "unpruned":
         return model, None
     with warnings.catch_warnings():
         # "gamma cannot rank channels" is expected on untrained models; the report says how gamma was made.
         warnings.simplefilter("ignore", UserWarning)
-        plan = slimbench.plan(model, example_inputs, **variant.plan_options())
+        plan = slimbench.plan(model, example_inputs, **{**variant.plan_options(), **(options or {})})
         return slimbench.prune(model, example_inputs, plan=plan), plan
 
 

@@ -40,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="latency backends (registered: %(choices)s; each must be installed)")
     parser.add_argument("--latency-time", type=float, default=d.latency_time, help="seconds of timing per model")
     parser.add_argument("--round-to", type=int, default=d.round_to, help="keep channel counts multiples of N")
+    parser.add_argument("--latency-aware", action="store_true",
+                        help="add a row per model: network slimming at the middle ratio with latency-aware widths, "
+                             "planned on ort (else the first of --backends) at --batch-size and --threads; the "
+                             "first run per model/backend/threads measures a layer table (cached)")
     parser.add_argument("--seed", type=int, default=d.seed, help="seed of training, fine-tuning and inputs")
     parser.add_argument("--format", default="table", choices=list(FORMATS))
     parser.add_argument("-o", "--output", help="write the report here (atomically) instead of stdout")
@@ -64,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         gamma_init=args.gamma_init, train_size=args.train_size, train_steps=args.train_steps,
         finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr, batch_size=args.batch_size,
         threads=args.threads, backends=args.backends, latency_time=args.latency_time, round_to=args.round_to,
-        seed=args.seed, progress=not args.no_progress)
+        seed=args.seed, progress=not args.no_progress, latency_aware=args.latency_aware)
     parse_data_option(args.data)  # `--data DIR` without name= gets a hint now, not after training
     _check_destination("--output", args.output)
     _check_destination("--plot", args.plot, ".png")

@@ -29,7 +29,7 @@ from slimbench.bench.latency_table import LatencyModel, step_ends
 from slimbench.pruning.options import PlanOptions
 from slimbench.pruning.selection import bisect_ratio, layers_of
 
-__all__ = ["latency_widths", "latency_search", "CORRECTIONS", "TOLERANCE"]
+__all__ = ["latency_widths", "latency_search", "table_record", "CORRECTIONS", "TOLERANCE"]
 
 CORRECTIONS = 2  # real-model checks after the first search
 TOLERANCE = 0.03  # |measured - target| under which a target_latency plan is accepted
@@ -148,7 +148,7 @@ def latency_search(graph: ChannelGraph, opts: PlanOptions, decide: Callable, fin
             need = int(np.floor(opts.ratio * pool.sum()))
             attempt = widths_attempt(lambda p, keep: int((p & pool).sum()) >= need)
         plan = finish(attempt, opts.ratio)
-        plan.options["latency"] = {"predicted_ratio": predicted(attempt) / full}
+        plan.options["latency"] = {"predicted_ratio": predicted(attempt) / full, "table": table_record(lm)}
         if opts.target_macs is not None and plan.macs_after > goal:
             _unreachable(f"target_macs={opts.target_macs}", plan.macs_after / plan.macs_before, opts.widths)
         return plan
@@ -160,7 +160,8 @@ def latency_search(graph: ChannelGraph, opts: PlanOptions, decide: Callable, fin
         else:
             attempt, _ = _goal_search(decide, predicted, goal)
         plan = finish(attempt, None)
-        info = {"predicted_ratio": predicted(attempt) / full, "goal_fraction": goal_fraction}
+        info = {"predicted_ratio": predicted(attempt) / full, "goal_fraction": goal_fraction,
+                "table": table_record(lm)}
         if lm.measure_fn is None:
             plan.options["latency"] = info
             return plan
@@ -176,6 +177,20 @@ def latency_search(graph: ChannelGraph, opts: PlanOptions, decide: Callable, fin
         _unreachable(f"target_latency={opts.target_latency}", best.options["latency"]["measured_ratio"],
                      opts.widths)
     return best
+
+
+def table_record(lm: LatencyModel) -> dict:
+    """What a plan records of the table it was made with: its key (backend, threads, ...), the batch
+    it was timed at, and how it was obtained: ``from_cache`` when every layer shape was read from the
+    cache; ``build_s`` and ``measured_points`` of the ``build_table`` call that made it."""
+    table, shapes = lm.table, {s.key: s for s in lm.specs.values()}
+    batches = sorted({s.batch for s in shapes.values()})
+    return {"backend": table.key.get("backend"), "threads": table.key.get("threads"),
+            "batch": batches[0] if len(batches) == 1 else batches, "shapes": len(shapes),
+            "cached_shapes": table.cached_shapes, "measured_points": table.measured_points,
+            "build_s": round(table.build_seconds, 3),
+            "from_cache": table.measured_points == 0 and table.cached_shapes > 0,
+            **({"timing": table.key["timing"]} if "timing" in table.key else {})}
 
 
 def _unreachable(asked: str, reached: float, widths: str) -> None:

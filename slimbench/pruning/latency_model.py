@@ -10,15 +10,15 @@ this module sits between ``plan`` and ``surgery`` and imports neither's caller.
 
 from __future__ import annotations
 
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 
 from torch import Tensor, nn
 
 from slimbench.analysis.graph import DEFAULT_RESIDUAL, ChannelGraph, build_graph
-from slimbench.bench.latency import make_runner, measure
-from slimbench.bench.latency_table import LatencyModel, build_table, fastest, layer_specs
+from slimbench.bench.latency import batch_inputs, make_runner, measure
+from slimbench.bench.latency_table import LatencyModel, build_table, fastest, layer_specs, table_key
 from slimbench.core.inputs import ExampleInputs, as_example_inputs, unwrap
-from slimbench.pruning.options import LATENCY_KEYS
+from slimbench.pruning.options import check_latency_settings
 from slimbench.pruning.plan import PruningPlan, keep_from_plan, make_plan
 
 __all__ = ["latency_model", "resolve_latency"]
@@ -29,16 +29,23 @@ PruneFn = Callable[[PruningPlan], nn.Module]
 
 def latency_model(model: nn.Module, example_inputs: ExampleInputs, *, prune_fn: PruneFn | None = None,
                   graph: ChannelGraph | None = None, residual: str = DEFAULT_RESIDUAL, backend: str = "ort",
-                  threads: int = 1,
-                  cache_dir=None, progress: bool = True, calibrate: bool = True, **table_options) -> LatencyModel:
+                  threads: int = 1, batch: int | None = None, cache_dir=None, progress: bool = True,
+                  calibrate: bool = True, timing: Mapping | None = None, **table_options) -> LatencyModel:
     """The latency model of ``model`` at ``example_inputs`` (batch included) on ``backend``.
 
-    ``prune_fn(plan) -> pruned model`` (default: ``slimbench.prune``) is used to time the
-    calibration model and, later, to check a plan's real latency (``LatencyModel.measure_fn``).
-    ``calibrate=False``: the bare table sum (scale 1, constant 0) and no real check.
+    ``batch``: time at this batch size instead (the inputs' first row repeated; plans and pruning
+    keep ``example_inputs``). ``prune_fn(plan) -> pruned model`` (default: ``slimbench.prune``) is
+    used to time the calibration model and, later, to check a plan's real latency
+    (``LatencyModel.measure_fn``). ``calibrate=False``: the bare table sum (scale 1, constant 0) and
+    no real check. ``timing``: ``measure`` options (``options.TIMING_KEYS``) for every timing here,
+    only to shorten a build (tests); such a table is cached under a key of its own.
     """
     inputs = as_example_inputs(example_inputs)
+    timed_inputs = batch_inputs(inputs, batch) if batch is not None else inputs
     source = unwrap(model)
+    timing = dict(timing or {})
+    if timing and "key" not in table_options:  # a shortened table never stands in for a full one
+        table_options["key"] = {**table_key(backend, threads), "timing": dict(sorted(timing.items()))}
     if graph is None:
         graph = build_graph(source, inputs, residual=residual)
     if prune_fn is None:
@@ -47,19 +54,20 @@ def latency_model(model: nn.Module, example_inputs: ExampleInputs, *, prune_fn: 
         def prune_fn(plan: PruningPlan) -> nn.Module:
             return slimbench.prune(source, inputs, plan=plan)
 
-    specs = layer_specs(source, inputs, graph)
+    specs = layer_specs(source, timed_inputs, graph)
     table = build_table(specs, backend=backend, threads=threads, cache_dir=cache_dir, progress=progress,
-                        **table_options)
+                        **{**timing, **table_options})
     lm = LatencyModel(table, graph, specs)
     if not calibrate:
         return lm
-    reference = make_runner(backend, source, inputs, threads=threads)
+    reference = make_runner(backend, source, timed_inputs, threads=threads)
+    whole = {"min_time_s": 1.0, "min_rounds": 20, **timing}
     residual = graph.options.get("residual", DEFAULT_RESIDUAL)
     plans = {r: make_plan(source, inputs, method="uniform", ratio=r, residual=residual, graph=graph, warn=False)
              for r in CALIBRATION_RATIOS}
-    runners = {"full": reference, **{r: make_runner(backend, prune_fn(p), inputs, threads=threads)
+    runners = {"full": reference, **{r: make_runner(backend, prune_fn(p), timed_inputs, threads=threads)
                                      for r, p in plans.items()}}
-    timings = measure(runners, threads=threads, backend=backend, min_time_s=1.0, min_rounds=20)
+    timings = measure(runners, threads=threads, backend=backend, **whole)
     points = [(lm.layer_sum(), fastest(timings["full"]))]
     for r, plan in plans.items():
         points.append((lm.layer_sum(*keep_from_plan(graph, plan)), fastest(timings[r])))
@@ -67,9 +75,8 @@ def latency_model(model: nn.Module, example_inputs: ExampleInputs, *, prune_fn: 
     lm.reference_ms = fastest(timings["full"])
 
     def measure_fn(plan: PruningPlan) -> float:
-        pruned = make_runner(backend, prune_fn(plan), inputs, threads=threads)
-        result = measure({"full": reference, "pruned": pruned}, threads=threads, backend=backend, min_time_s=1.0,
-                         min_rounds=20)
+        pruned = make_runner(backend, prune_fn(plan), timed_inputs, threads=threads)
+        result = measure({"full": reference, "pruned": pruned}, threads=threads, backend=backend, **whole)
         return fastest(result["pruned"]) / fastest(result["full"])
 
     lm.measure_fn = measure_fn
@@ -84,8 +91,6 @@ def resolve_latency(model: nn.Module, inputs: tuple[Tensor, ...], options: Mutab
     if not wanted or (given is not None and not isinstance(given, MutableMapping)):
         return  # nothing to build, or a model (checked by check_options)
     settings = dict(given or {})
-    unknown = sorted(set(settings) - set(LATENCY_KEYS))
-    if unknown:
-        raise ValueError(f"latency: unknown setting {unknown[0]!r}; the settings are {', '.join(LATENCY_KEYS)}")
+    check_latency_settings(settings)
     options["latency"] = latency_model(model, inputs, prune_fn=prune_fn, graph=graph,
                                        residual=options.get("residual", DEFAULT_RESIDUAL), **settings)

@@ -20,14 +20,18 @@ from slimbench.core.errors import SlimbenchValueError
 from slimbench.pruning.criteria import CRITERIA, Criterion, get_criterion
 from slimbench.pruning.importance import Importance, importance_name, resolve_importance
 
-__all__ = ["PlanOptions", "check_options", "as_number", "RESIDUAL_MODES", "BRANCH_MODES", "DEFAULT_RATIO"]
+__all__ = ["PlanOptions", "check_options", "check_latency_settings", "as_number", "RESIDUAL_MODES", "BRANCH_MODES",
+           "DEFAULT_RATIO"]
 
 BRANCH_MODES = ("keep", "remove", "remove-any")  # remove: the last BN is empty; remove-any: any BN (netslim)
 DEFAULT_RATIO = 0.5
 KEYWORDS = ("method", "ratio", "target_macs", "round_to", "residual", "branches", "importance",
             "ignored_layers", "layer_ratios", "leaf_modules", "target_latency", "widths", "latency")
 WIDTHS = ("channels", "latency")
-LATENCY_KEYS = ("backend", "threads", "cache_dir", "progress")
+LATENCY_KEYS = ("backend", "threads", "batch", "cache_dir", "progress", "timing")
+# ``latency={"timing": {...}}``: measure() options for every timing of the latency model (table, calibration,
+# real-model checks); only to shorten a build (tests). A table so built is cached under its own key.
+TIMING_KEYS = ("min_time_s", "min_rounds", "max_rounds", "sample_ms", "warmup")
 # what users of netslim / Torch-Pruning write, and what slimbench calls it
 _ALIASES = {"prune_ratio": "ratio", "prune_method": "method", "channel_select": "residual='select'",
             "pruning_ratio": "ratio", "pruning_ratio_dict": "layer_ratios", "round_to_multiple": "round_to",
@@ -49,7 +53,7 @@ class PlanOptions:
     ratio_given: bool = False
     target_latency: float | None = None  # fraction of the unpruned model's measured latency to keep
     widths: str = "channels"  # "latency": widths at the ends of latency steps (latency_aware.py)
-    latency: object = None  # a LatencyModel, or {"backend", "threads", "cache_dir", "progress"} to build one
+    latency: object = None  # a LatencyModel, or a dict of LATENCY_KEYS to build one
 
     def record(self) -> dict:
         """The JSON-serialisable options a plan stores."""
@@ -212,9 +216,24 @@ def _check_latency(target_latency, widths, latency, round_to: int, branches: str
         raise ValueError("latency= configures latency-aware planning; pass it with target_latency or "
                          "widths='latency'")
     if isinstance(latency, Mapping):
-        unknown = sorted(set(latency) - set(LATENCY_KEYS))
-        if unknown:
-            raise ValueError(f"latency: unknown setting {unknown[0]!r}; the settings are {', '.join(LATENCY_KEYS)}")
+        check_latency_settings(latency)
     elif latency is not None and not hasattr(latency, "predict"):
         raise ValueError(f"latency must be a LatencyModel (slimbench.pruning.latency_aware.latency_model) or a "
                          f"dict of {', '.join(LATENCY_KEYS)}; got {type(latency).__name__}")
+
+
+def check_latency_settings(settings: Mapping) -> None:
+    """The settings of ``latency={...}`` (``LATENCY_KEYS``): known names, a batch >= 1, known timing options."""
+    unknown = sorted(set(settings) - set(LATENCY_KEYS))
+    if unknown:
+        raise ValueError(f"latency: unknown setting {unknown[0]!r}; the settings are {', '.join(LATENCY_KEYS)}")
+    batch = settings.get("batch")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1):
+        raise ValueError(f"latency: batch must be an integer >= 1 (the batch the table is timed at), got {batch!r}")
+    timing = settings.get("timing")
+    if timing is not None:
+        if not isinstance(timing, Mapping):
+            raise ValueError(f"latency: timing must be a dict of {', '.join(TIMING_KEYS)}, got {type(timing).__name__}")
+        unknown = sorted(set(timing) - set(TIMING_KEYS))
+        if unknown:
+            raise ValueError(f"latency: unknown timing option {unknown[0]!r}; the options are {', '.join(TIMING_KEYS)}")

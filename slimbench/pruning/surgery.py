@@ -42,8 +42,8 @@ def plan(model: nn.Module, example_inputs: ExampleInputs, *, method: str = "netw
     A plan that removes < 5 % of the MACs when ratio >= 0.1 was asked warns with the reason and the
     option that would remove more. ``slimbench.analyze`` traces once for many plans.
     ``target_latency``: fraction of the measured latency to keep; ``widths="latency"``: widths at the ends
-    of measured latency steps; ``latency``: a ``LatencyModel`` or ``{"backend", "threads", "cache_dir"}``
-    (``slimbench.pruning.latency_aware``).
+    of measured latency steps; ``latency``: a ``LatencyModel`` or ``{"backend", "threads", "batch",
+    "cache_dir", "progress", "timing"}`` to build one (``slimbench.pruning.latency_model``).
     """
     if options.get("target_latency") is not None or options.get("widths") == "latency":
         from slimbench.pruning.latency_model import resolve_latency

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -16,10 +17,13 @@ from slimbench.bench.latency import BACKENDS
 from slimbench.bench.plots import build_figure
 from slimbench.bench.report import ReportSettings, build_report
 from slimbench.cli import main
+from slimbench.cli import report as report_cli
 from slimbench.models import model_info
 
 TINY = ["--epochs", "1", "--train-steps", "4", "--finetune-steps", "2", "--train-size", "16",
         "--latency-time", "0.02", "--ratios", "0.5", "--methods", "network_slimming", "--no-progress"]
+# measure() options that shorten a latency table build to about a second (resnet20: 79 points); tests only
+QUICK_TABLE = {"min_time_s": 0.0, "min_rounds": 3, "sample_ms": 0.2}
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +147,45 @@ def test_cli_writes_json_atomically_and_a_png_plot(tmp_path, capsys):
     assert rows[1]["speedup_openvino"] > 0 and data["run"]["settings"]["backends"] == ["torch", "openvino"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
     assert sorted(os.listdir(tmp_path)) == ["report.json", "report.png"]  # no temporary files left
+
+
+def test_latency_aware_row_is_planned_on_ort_verified_and_its_table_reused(tmp_path, monkeypatch, capsys):
+    """--latency-aware: one more row, widths planned on onnxruntime (the report's latency backend though
+    torch is timed first) at the report's batch and threads; the table is built once, cached under the
+    default cache dir ($SLIMBENCH_CACHE, here empty), and the next run (the CLI) reads it."""
+    monkeypatch.setenv("SLIMBENCH_CACHE", str(tmp_path))
+    settings = ReportSettings(models=("resnet20",), ratios=(0.5,), methods=("network_slimming",), epochs=1,
+                              train_steps=4, finetune_steps=2, latency_time=0.02, progress=False,
+                              backends=("torch", "ort"), latency_aware=True, latency_table_timing=QUICK_TABLE)
+    first = build_report(settings)
+    assert [r["method"] for r in first.rows] == ["unpruned", "network_slimming", "network_slimming+branch-removal",
+                                                 "network_slimming+latency-widths"]
+    row, base = first.rows[-1], first.rows[0]
+    assert row["ratio"] == 0.5 and row["params"] < base["params"] and row["macs"] < base["macs"]
+    assert 0.0 <= row["accuracy"] <= 1.0 and row["latency_ort_ms"] > 0 and row["speedup_ort"] > 0
+    assert row["latency_torch_ms"] > 0
+    plan = first.plans[row["case"]]  # the plan the pruned model was built from, as prune verified it
+    assert plan.options["widths"] == "latency" and plan.options["round_to"] == 1
+    assert plan.options["verification"]["frozen"] == [] and plan.options["verification"]["max_rel_err"] < 1e-6
+    assert first.plans["resnet20/network_slimming/0.5"].options.get("widths", "channels") == "channels"
+    table = first.run["latency_tables"]["resnet20"]
+    assert (table["backend"], table["threads"], table["batch"]) == ("ort", 1, 1)
+    assert not table["from_cache"] and table["measured_points"] > 0 and table["build_s"] > 0
+    assert first.run["settings"]["latency_aware"] is True and "layer table built in" in first.caption
+    files = list((tmp_path / "latency").glob("ort-1t-*.json"))
+    assert len(files) == 1
+    written = files[0].stat().st_mtime_ns
+
+    monkeypatch.setattr(report_cli, "ReportSettings",
+                        functools.partial(ReportSettings, latency_table_timing=QUICK_TABLE))
+    assert main(["report", "--models", "resnet20", *TINY, "--backends", "torch", "ort", "--latency-aware",
+                 "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["rows"][-1]["method"] == "network_slimming+latency-widths" and data["rows"][-1]["speedup_ort"] > 0
+    again = data["run"]["latency_tables"]["resnet20"]
+    assert again["from_cache"] and again["measured_points"] == 0 and again["cached_shapes"] == table["shapes"]
+    assert "layer table read from the cache" in data["caption"]
+    assert list((tmp_path / "latency").iterdir()) == files and files[0].stat().st_mtime_ns == written
 
 
 def test_untrained_runs_are_flagged_in_the_rows(capsys):

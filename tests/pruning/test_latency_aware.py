@@ -3,6 +3,7 @@ and the report's latency-aware variant."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -40,3 +41,38 @@ def test_variants_offer_one_latency_aware_row_on_request():
     row = extra[-1]
     assert (row.ratio, row.label) == (0.5, "network_slimming+latency-widths")
     assert row.plan_options()["widths"] == "latency" and "widths" not in plain[1].plan_options()
+
+
+QUICK = {"min_time_s": 0.0, "min_rounds": 3, "sample_ms": 0.2}  # a table in about a second: tests only
+
+
+def test_batch_and_timing_settings_reach_the_table_and_the_plan_records_it(tmp_path):
+    model, x = _tiny(), torch.randn(1, 3, 16, 16)
+    settings = {"backend": "ort", "threads": 1, "batch": 2, "cache_dir": tmp_path, "progress": False,
+                "timing": QUICK}
+    plan = slimbench.plan(model, x, ratio=0.5, widths="latency", latency=settings)
+    table = plan.options["latency"]["table"]
+    assert (table["backend"], table["threads"], table["batch"], table["timing"]) == ("ort", 1, 2, QUICK)
+    assert not table["from_cache"] and table["measured_points"] > 0 and table["cached_shapes"] == 0
+    assert plan.input_shapes == [[1, 3, 16, 16]]  # timed at batch 2, planned at the example inputs
+    again = slimbench.plan(model, x, ratio=0.5, widths="latency", latency=settings)
+    cached = again.options["latency"]["table"]
+    assert cached["from_cache"] and cached["measured_points"] == 0 and cached["cached_shapes"] == cached["shapes"]
+    assert again.masks.keys() == plan.masks.keys()
+    assert len(list(tmp_path.glob("ort-1t-*.json"))) == 1
+    # a shortened table is cached under a key of its own: a full build never reads it
+    slimbench.plan(model, x, ratio=0.5, widths="latency", latency={**settings, "timing": {**QUICK, "min_rounds": 4}})
+    assert len(list(tmp_path.glob("ort-1t-*.json"))) == 2
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"batch": 0}, "batch must be an integer >= 1"),
+    ({"batch": 1.5}, "batch must be an integer >= 1"),
+    ({"timing": {"rounds": 3}}, "unknown timing option 'rounds'"),
+    ({"timing": 3}, "timing must be a dict"),
+    ({"repeats": 3}, "unknown setting 'repeats'"),
+])
+def test_bad_latency_settings_are_refused_before_any_timing(change, message):
+    with pytest.raises(ValueError, match=message):
+        slimbench.plan(_tiny(), torch.randn(1, 3, 16, 16), ratio=0.5, widths="latency",
+                       latency={"backend": "ort", "progress": False, **change})

@@ -20,8 +20,9 @@ def conv_bn(cin: int, cout: int, k: int, stride: int, groups: int) -> nn.Sequent
 
 class RepBlock(nn.Module):
     def __init__(self, cin: int, cout: int, k: int = 3, stride: int = 1, depthwise: bool = False,
-                 branches: int = 2) -> None:
+                 branches: int = 2, offset: float = 0.0) -> None:
         super().__init__()
+        self.offset = offset
         groups = cin if depthwise else 1
         self.identity = nn.BatchNorm2d(cout) if cin == cout and stride == 1 else None
         self.scale = conv_bn(cin, cout, 1, stride, groups) if k > 1 else None
@@ -36,7 +37,7 @@ class RepBlock(nn.Module):
             out = self.scale(x)
         for branch in self.kxk:
             out = out + branch(x)
-        return torch.relu(out + skip)
+        return torch.relu(out + skip + self.offset)
 
 
 class RepNet(nn.Module):
@@ -69,3 +70,11 @@ def test_summed_branches_prune_exactly():
     assert plan.macs_after < 0.8 * plan.macs_before
     assert pruned.pw.kxk[0][0].out_channels < 16
     assert_equivalent(model, X, plan, pruned=pruned)
+
+
+def test_adding_a_non_zero_number_still_hides_the_zeros():
+    model = RepNet()
+    model.dw2.offset = 0.5  # fc then reads 0.5 where the zeroed model had 0: the pw / dw2 class is unsafe
+    rows = {r["bn"]: r for r in slimbench.explain(randomize_bn(model, seed=4).double(), X, residual="shared")}
+    assert rows["pw.kxk.0.1"]["status"] == "not prunable" and "fc reads it" in rows["pw.kxk.0.1"]["reason"]
+    assert rows["dw.identity"]["status"] == "prunable (shared)"

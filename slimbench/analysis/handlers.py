@@ -125,6 +125,10 @@ def binary_label(ctx: Ctx, node: fx.Node, kind: str, value: Tensor) -> Any:
             return Chan(with_z(codes, z))
         if kind == "quotient" and is_left:
             return Chan(codes)
+        if kind == "sum" and _is_zero_number(other):  # x + 0 (a branch that is absent): the identity
+            if (a if is_left else b) in ctx.merged:
+                ctx.merged.add(node)
+            return Chan(codes)
         return Chan(with_z(codes, False))
     return ctx.opaque(node, value, f"{describe(node)} combines tensors whose channels do not line up")
 
@@ -324,6 +328,11 @@ def _sizes(node: fx.Node) -> list:
     if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
         sizes = sizes[0]
     return list(sizes)
+
+
+def _is_zero_number(value: Any) -> bool:
+    """A Python number that is exactly 0 (adding it keeps a pruned channel at 0)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
 
 
 def _channel_extent(other: Any, out_ndim: int) -> int:

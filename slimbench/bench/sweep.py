@@ -34,8 +34,8 @@ from pathlib import Path
 
 from slimbench.bench.sweep_case import _MARK, CATEGORIES, PRUNED_ENOUGH, Case, run_case, worker_loop
 
-__all__ = ["Case", "CATEGORIES", "torchvision_cases", "timm_cases", "run_case", "run_sweep", "render_markdown",
-           "summary_counts", "main"]
+__all__ = ["Case", "CATEGORIES", "torchvision_cases", "timm_cases", "named_cases", "run_case", "run_sweep",
+           "render_markdown", "summary_counts", "main"]
 
 # A fixed, quick sample of real models (run in make test): plain, depthwise, concat, shuffle, timm
 SAMPLE = (("torchvision", "resnet18"), ("torchvision", "mobilenet_v3_small"), ("torchvision", "shufflenet_v2_x0_5"),
@@ -102,6 +102,21 @@ def timm_cases(min_total: int = 160, cache: Path | None = None) -> list[Case]:
         picked += [Case("timm", q[depth], f) for f, q in sorted(queues.items()) if len(q) > depth]
         depth += 1
     return picked
+
+
+def named_cases(names: list[str], timm: bool = True) -> list[Case]:
+    """The named models, in the given order: a torchvision classifier by that name, else a timm model
+    (its family from timm's registry; an unknown name is then reported as skipped by ``run_case``)."""
+    tv = {c.name: c for c in torchvision_cases()}
+    cases = []
+    for name in filter(None, (n.strip() for n in names)):
+        if name in tv:
+            cases.append(tv[name])
+        elif timm:
+            from timm.models import _registry
+
+            cases.append(Case("timm", name, _registry._model_to_module.get(name, "?")))
+    return cases
 
 
 
@@ -247,14 +262,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m slimbench.bench.sweep", description=__doc__.split("\n")[0])
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path("build/sweep/results.json"), help="results JSON")
-    parser.add_argument("--doc", type=Path, default=Path("docs/compatibility.md"), help="markdown table ('' for none)")
+    parser.add_argument("--doc", default="docs/compatibility.md", help="markdown table ('' for none)")
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--residual", choices=("keep", "shared", "select"), default=None,
                         help="plan with this residual mode instead of the default (for comparing defaults)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per model")
     parser.add_argument("--max-params", type=int, default=400_000_000, help="skip larger models (0: no limit)")
     parser.add_argument("--min-timm", type=int, default=160, help="at least this many timm models")
-    parser.add_argument("--models", default="", help="comma-separated names (torchvision first, then timm)")
+    parser.add_argument("--models", default="",
+                        help="comma-separated names, run as given (torchvision first, then timm; no catalogue)")
     parser.add_argument("--sample", action="store_true", help="the fixed quick sample only")
     parser.add_argument("--no-timm", action="store_true")
     args = parser.parse_args(argv)
@@ -264,11 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.sample:
         cases = [Case(s, n, s) for s, n in SAMPLE]
+    elif args.models:
+        cases = named_cases(args.models.split(","), timm=not args.no_timm)
     else:
         cases = torchvision_cases() + ([] if args.no_timm else timm_cases(args.min_timm, cache=args.out.parent))
-        if args.models:
-            wanted = set(args.models.split(","))
-            cases = [c for c in cases if c.name in wanted]
     from slimbench.core.atomic import atomic_write_text
 
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -282,8 +297,8 @@ def main(argv: list[str] | None = None) -> int:
 
     records = run_sweep(cases, ratio=args.ratio, timeout=args.timeout, max_params=args.max_params,
                         log=args.out.parent / "worker.log", on_record=write, plan_options=options)
-    if str(args.doc):
-        atomic_write_text(args.doc, render_markdown(records, ratio=args.ratio, meta=meta))
+    if args.doc:
+        atomic_write_text(Path(args.doc), render_markdown(records, ratio=args.ratio, meta=meta))
     print(json.dumps(summary_counts(records)))
     return 0
 

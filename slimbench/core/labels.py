@@ -29,7 +29,7 @@ class Chan:
 
 @dataclass(frozen=True)
 class Full:
-    codes: Tensor  # int64, same number of dims as the value; size-1 dims where codes are constant
+    codes: Tensor  # int64, same number of dims as the value; size-1 dims (not dim 1) where codes are constant
 
 
 Label = Chan | Full
@@ -55,9 +55,12 @@ def as_full(label: Label, shape: torch.Size) -> Tensor:
 
 
 def compact(codes: Tensor) -> Tensor:
-    """Shrink every dim along which the codes do not change to size 1."""
+    """Shrink every dim but 1 along which the codes do not change to size 1.
+
+    Dim 1 keeps its size even where every position carries one code (one channel spread over many
+    after a reshape, e.g. windows folded back): a label has one code per channel of the value."""
     for dim in range(codes.dim()):
-        if codes.shape[dim] > 1 and bool((codes == codes.narrow(dim, 0, 1)).all()):
+        if dim != 1 and codes.shape[dim] > 1 and bool((codes == codes.narrow(dim, 0, 1)).all()):
             codes = codes.narrow(dim, 0, 1)
     return codes
 

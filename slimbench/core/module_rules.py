@@ -32,6 +32,12 @@ def _param(value: Tensor, like: nn.Parameter) -> nn.Parameter:
     return nn.Parameter(value.detach().clone(), requires_grad=like.requires_grad)
 
 
+def _own_forward(module: nn.Module, bases: tuple[type, ...]) -> bool:
+    """Does ``module`` override the forward of torch's own class (a subclass that pads, scales...)?
+    Its meta output then comes from running that forward, not from the base class's formula."""
+    return not any(type(module).forward is base.forward for base in bases)
+
+
 def _input_codes(ctx: LabelContext, node: fx.Node) -> Tensor | None:
     return channel_codes(ctx.input_label(node))
 
@@ -130,6 +136,8 @@ class ConvRule(_WeightedRule):
         if x.dim() < 2 or x.shape[1] != module.in_channels:
             raise ValueError(f"{type(module).__name__} expects {module.in_channels} input channels, "
                              f"got a tensor of shape {tuple(x.shape)}")
+        if _own_forward(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):  # e.g. "same" padding computed from x
+            return generic_meta(module, args, kwargs)
         bias = module.bias.to("meta") if module.bias is not None else None
         return module._conv_forward(x, module.weight.to("meta"), bias)
 
@@ -156,6 +164,8 @@ class LinearRule(_WeightedRule):
         return Chan(out)
 
     def meta(self, module: nn.Module, args: tuple, kwargs: dict) -> Any:
+        if _own_forward(module, (nn.Linear,)):
+            return generic_meta(module, args, kwargs)
         bias = module.bias.to("meta") if module.bias is not None else None
         return nn.functional.linear(args[0], module.weight.to("meta"), bias)
 

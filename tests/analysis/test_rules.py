@@ -116,3 +116,38 @@ def test_register_op_handler_maps_a_new_op():
         assert_equivalent(model, x, slimbench.plan(model, x, ratio=0.5))
     finally:
         del OP_HANDLERS[scale_by_two]
+
+
+class SamePadConv(nn.Conv2d):
+    """A Conv2d subclass that pads "same" from the input size in its forward (TF-style padding)."""
+
+    def forward(self, x):
+        pads = []
+        for size, k, s in zip(x.shape[:1:-1], self.kernel_size[::-1], self.stride[::-1], strict=True):
+            total = max((-(-size // s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class SamePadNet(nn.Module):
+    """Two stride-2 branches summed: 3x3 "same" (5x5 from 9x9, 4x4 unpadded) and 1x1 (5x5)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.b0 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.same, self.b1 = SamePadConv(8, 8, 3, stride=2, bias=False), nn.BatchNorm2d(8)
+        self.short, self.b2 = nn.Conv2d(8, 8, 1, stride=2, bias=False), nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = F.relu(self.b0(self.stem(x)))
+        return self.head(F.relu(self.b1(self.same(x)) + self.b2(self.short(x))).mean((2, 3)))
+
+
+def test_a_conv_subclass_with_its_own_forward_is_sized_by_that_forward():
+    model = randomize_bn(SamePadNet()).double()
+    x = torch.randn(1, 3, 9, 9, dtype=torch.float64)
+    plan = slimbench.plan(model, x, ratio=0.5, residual="shared")
+    pruned = slimbench.prune(model, x, plan=plan)
+    assert type(pruned.same) is SamePadConv and pruned.same.in_channels < 8
+    assert_equivalent(model, x, plan, pruned=pruned)

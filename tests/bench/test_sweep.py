@@ -170,3 +170,22 @@ def test_markdown_groups_failures_and_counts():
     assert "| refused | 2 | prune: ValueError: conv '…' is called twice (N channels) | m2, m3 |" in text
     assert "| m1 | timm / x | 3x64x64 | 40.0 % | pruned |  |" in text
     assert sweep_case.PRUNED_ENOUGH == 0.2
+
+
+def test_named_models_run_as_given_without_the_catalogue_and_no_doc(monkeypatch, tmp_path):
+    monkeypatch.setattr(sweep, "_timm_catalogue", lambda cache: pytest.fail("the catalogue was built"))
+    seen = []
+
+    def fake_sweep(cases, **kw):
+        seen.extend(cases)
+        records = [{"model": c.name, "source": c.source, "family": c.family, "category": "pruned"} for c in cases]
+        kw["on_record"](records)
+        return records
+
+    monkeypatch.setattr(sweep, "run_sweep", fake_sweep)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "r.json"
+    assert sweep.main(["--models", "test_byobnet,resnet18", "--doc", "", "--out", str(out)]) == 0
+    assert [(c.source, c.name, c.family) for c in seen] == [("timm", "test_byobnet", "byobnet"),
+                                                             ("torchvision", "resnet18", "torchvision")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # --doc '': no markdown written

@@ -19,7 +19,7 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class Chan:
-    codes: Tensor  # int64, shape (C,)
+    codes: Tensor  # int64, shape (C,): one code per channel, C the value's dim-1 size (never broadcast)
 
     def full(self, shape: torch.Size) -> Tensor:
         view = [1] * len(shape)
@@ -29,7 +29,7 @@ class Chan:
 
 @dataclass(frozen=True)
 class Full:
-    codes: Tensor  # int64, same number of dims as the value; size-1 dims where codes are constant
+    codes: Tensor  # int64, same number of dims as the value; size-1 dims where codes are constant, but dim 1
 
 
 Label = Chan | Full
@@ -55,8 +55,12 @@ def as_full(label: Label, shape: torch.Size) -> Tensor:
 
 
 def compact(codes: Tensor) -> Tensor:
-    """Shrink every dim along which the codes do not change to size 1."""
+    """Shrink every dim along which the codes do not change to size 1, but the channel dim 1: one channel
+    spread over C positions (an opaque op's single channel reshaped or expanded to C) is C channels wide,
+    and a conv reading it must be recorded with C inputs, not 1."""
     for dim in range(codes.dim()):
+        if dim == 1 and codes.dim() >= 2:
+            continue
         if codes.shape[dim] > 1 and bool((codes == codes.narrow(dim, 0, 1)).all()):
             codes = codes.narrow(dim, 0, 1)
     return codes

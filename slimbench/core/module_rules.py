@@ -32,8 +32,13 @@ def _param(value: Tensor, like: nn.Parameter) -> nn.Parameter:
     return nn.Parameter(value.detach().clone(), requires_grad=like.requires_grad)
 
 
-def _input_codes(ctx: LabelContext, node: fx.Node) -> Tensor | None:
-    return channel_codes(ctx.input_label(node))
+def _input_codes(ctx: LabelContext, node: fx.Node, channels: int | None = None) -> Tensor | None:
+    """The input's codes along dim 1; a count other than the ``channels`` the module reads is never guessed
+    at (the interpreter freezes the module's channels with this reason)."""
+    codes = channel_codes(ctx.input_label(node))
+    if codes is not None and channels is not None and len(codes) != channels:
+        raise ValueError(f"{node.target} reads {channels} channels, its input is labelled with {len(codes)}")
+    return codes
 
 
 class _WeightedRule(ChannelRule):
@@ -100,12 +105,14 @@ class ConvRule(_WeightedRule):
         return getattr(module, "groups", 1) == 1
 
     def label(self, ctx: LabelContext, node: fx.Node, module: nn.Module, value: Any) -> Any:
-        codes = _input_codes(ctx, node)
-        if getattr(module, "transposed", False) or codes is None or not isinstance(value, Tensor):
+        if getattr(module, "transposed", False):
             return super().label(ctx, node, module, value)
-        name = node.target
         g = getattr(module, "groups", 1)
         cout, cin = module.weight.shape[0], module.weight.shape[1] * g
+        codes = _input_codes(ctx, node, cin)
+        if codes is None or not isinstance(value, Tensor):
+            return super().label(ctx, node, module, value)
+        name = node.target
         per_position = math.prod(module.weight.shape[2:]) * math.prod(value.shape[2:])
         if g == 1:
             ctx.consume(codes, name)
@@ -146,8 +153,10 @@ class LinearRule(_WeightedRule):
         module.in_features, module.out_features = cin, cout
 
     def label(self, ctx: LabelContext, node: fx.Node, module: nn.Module, value: Any) -> Any:
-        codes = _input_codes(ctx, node)
-        if codes is None or not isinstance(value, Tensor) or value.dim() != 2:
+        if not isinstance(value, Tensor) or value.dim() != 2:
+            return super().label(ctx, node, module, value)
+        codes = _input_codes(ctx, node, module.weight.shape[1])
+        if codes is None:
             return super().label(ctx, node, module, value)
         name = node.target
         ctx.consume(codes, name)
@@ -166,7 +175,7 @@ class BatchNormRule(ChannelRule):
     count_as = "batchnorm"
 
     def label(self, ctx: LabelContext, node: fx.Node, module: nn.Module, value: Any) -> Any:
-        codes = _input_codes(ctx, node)
+        codes = _input_codes(ctx, node, getattr(module, "num_features", None))
         if codes is None:
             return super().label(ctx, node, module, value)
         name = node.target

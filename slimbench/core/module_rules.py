@@ -73,6 +73,14 @@ class _WeightedRule(ChannelRule):
                 new_weight, groups = torch.cat(pieces), rec.groups
             self.set_sizes(module, len(out_idx), len(out_idx))
             module.groups = groups
+        elif rec.role == "grouped":  # outputs only, the same number in every group: inputs and groups stay
+            kept = keep[rec.out_gids]
+            counts = kept.reshape(rec.groups, rec.group_size).sum(1)
+            if (counts != counts[0]).any():
+                raise ValueError(f"grouped conv {rec.name!r} would keep unequal output counts per group")
+            out_idx = _index(kept, device)
+            new_weight = weight.index_select(0, out_idx)
+            self.set_sizes(module, len(rec.in_gids), len(out_idx))
         else:
             return
         module.weight = _param(new_weight, weight)
@@ -89,7 +97,7 @@ class _WeightedRule(ChannelRule):
             bias.index_fill_(0, out_drop, 0)
         if rec.role == "dense":
             weight.index_fill_(1, _index(~keep[rec.in_gids], weight.device), 0)
-        elif rec.group_size > 1:  # grouped: drop pruned inputs inside each group too
+        elif rec.role == "joined" and rec.group_size > 1:  # grouped: drop pruned inputs inside each group too
             blocks = keep[rec.out_gids].reshape(rec.groups, rec.group_size)
             for g, block in enumerate(blocks):
                 rows = weight[g * rec.group_size:(g + 1) * rec.group_size]
@@ -97,7 +105,8 @@ class _WeightedRule(ChannelRule):
 
 
 class ConvRule(_WeightedRule):
-    """Convolutions: dense (groups == 1), depthwise / grouped with in == out (joined), else fixed."""
+    """Convolutions: dense (groups == 1), depthwise / grouped with in == out (joined), other grouped convs
+    (a depthwise multiplier, an expanding grouped conv): inputs kept, outputs pruned equally per group."""
 
     count_as = "conv"
 
@@ -125,10 +134,17 @@ class ConvRule(_WeightedRule):
             ctx.record_conv(node, ConvRecord(name, "joined", gids(codes).numpy(), gids(codes).numpy(),
                                              group_size=cin // g, groups=g, per_position=per_position))
             return Chan(out)
-        reason = f"{name} is a grouped conv with {cout // g} outputs per {cin // g} inputs"
-        ctx.freeze(Chan(codes), reason)
-        ctx.record_conv(node, ConvRecord(name, "fixed", fixed_macs=cout * (cin // g) * per_position))
-        return Chan(ctx.new_space(cout, "opaque", name, frozen=reason))
+        if cout % g:  # not a conv torch builds; never guessed at
+            reason = f"{name} has {cout} outputs in {g} groups"
+            ctx.freeze(Chan(codes), reason)
+            ctx.record_conv(node, ConvRecord(name, "fixed", fixed_macs=cout * (cin // g) * per_position))
+            return Chan(ctx.new_space(cout, "opaque", name, frozen=reason))
+        ctx.freeze(Chan(codes), f"{name} is a grouped conv with {cout // g} outputs per {cin // g} inputs: "
+                                "its inputs stay")
+        out = ctx.new_space(cout, "conv", name)
+        ctx.record_conv(node, ConvRecord(name, "grouped", gids(codes).numpy(), gids(out).numpy(),
+                                         group_size=cout // g, groups=g, per_position=per_position))
+        return Chan(out)
 
     def meta(self, module: nn.Module, args: tuple, kwargs: dict) -> Any:
         if not isinstance(module, _ConvNd) or module.transposed:

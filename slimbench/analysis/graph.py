@@ -77,6 +77,8 @@ class ChannelGraph:
                 kept = int(keep[rec.out_gids].sum())
                 per_group = 1 if rec.group_size == 1 else kept // rec.groups
                 total += kept * per_group * rec.per_position
+            elif rec.role == "grouped":
+                total += int(keep[rec.out_gids].sum()) * (len(rec.in_gids) // rec.groups) * rec.per_position
             else:
                 total += rec.fixed_macs
         return total

@@ -38,8 +38,13 @@ def _own_forward(module: nn.Module, bases: tuple[type, ...]) -> bool:
     return not any(type(module).forward is base.forward for base in bases)
 
 
-def _input_codes(ctx: LabelContext, node: fx.Node) -> Tensor | None:
-    return channel_codes(ctx.input_label(node))
+def _input_codes(ctx: LabelContext, node: fx.Node, channels: int | None = None) -> Tensor | None:
+    """The input's codes along dim 1; a count other than the ``channels`` the module reads is never guessed
+    at (the interpreter freezes the module's channels with this reason)."""
+    codes = channel_codes(ctx.input_label(node))
+    if codes is not None and channels is not None and len(codes) != channels:
+        raise ValueError(f"{node.target} reads {channels} channels, its input is labelled with {len(codes)}")
+    return codes
 
 
 class _WeightedRule(ChannelRule):
@@ -74,6 +79,14 @@ class _WeightedRule(ChannelRule):
                 new_weight, groups = torch.cat(pieces), rec.groups
             self.set_sizes(module, len(out_idx), len(out_idx))
             module.groups = groups
+        elif rec.role == "grouped":  # outputs only, the same number in every group: inputs and groups stay
+            kept = keep[rec.out_gids]
+            counts = kept.reshape(rec.groups, rec.group_size).sum(1)
+            if (counts != counts[0]).any():
+                raise ValueError(f"grouped conv {rec.name!r} would keep unequal output counts per group")
+            out_idx = _index(kept, device)
+            new_weight = weight.index_select(0, out_idx)
+            self.set_sizes(module, len(rec.in_gids), len(out_idx))
         else:
             return
         module.weight = _param(new_weight, weight)
@@ -90,7 +103,7 @@ class _WeightedRule(ChannelRule):
             bias.index_fill_(0, out_drop, 0)
         if rec.role == "dense":
             weight.index_fill_(1, _index(~keep[rec.in_gids], weight.device), 0)
-        elif rec.group_size > 1:  # grouped: drop pruned inputs inside each group too
+        elif rec.role == "joined" and rec.group_size > 1:  # grouped: drop pruned inputs inside each group too
             blocks = keep[rec.out_gids].reshape(rec.groups, rec.group_size)
             for g, block in enumerate(blocks):
                 rows = weight[g * rec.group_size:(g + 1) * rec.group_size]
@@ -98,7 +111,8 @@ class _WeightedRule(ChannelRule):
 
 
 class ConvRule(_WeightedRule):
-    """Convolutions: dense (groups == 1), depthwise / grouped with in == out (joined), else fixed."""
+    """Convolutions: dense (groups == 1), depthwise / grouped with in == out (joined), other grouped convs
+    (a depthwise multiplier, an expanding grouped conv): inputs kept, outputs pruned equally per group."""
 
     count_as = "conv"
 
@@ -106,12 +120,14 @@ class ConvRule(_WeightedRule):
         return getattr(module, "groups", 1) == 1
 
     def label(self, ctx: LabelContext, node: fx.Node, module: nn.Module, value: Any) -> Any:
-        codes = _input_codes(ctx, node)
-        if getattr(module, "transposed", False) or codes is None or not isinstance(value, Tensor):
+        if getattr(module, "transposed", False):
             return super().label(ctx, node, module, value)
-        name = node.target
         g = getattr(module, "groups", 1)
         cout, cin = module.weight.shape[0], module.weight.shape[1] * g
+        codes = _input_codes(ctx, node, cin)
+        if codes is None or not isinstance(value, Tensor):
+            return super().label(ctx, node, module, value)
+        name = node.target
         per_position = math.prod(module.weight.shape[2:]) * math.prod(value.shape[2:])
         if g == 1:
             ctx.consume(codes, name)
@@ -124,10 +140,17 @@ class ConvRule(_WeightedRule):
             ctx.record_conv(node, ConvRecord(name, "joined", gids(codes).numpy(), gids(codes).numpy(),
                                              group_size=cin // g, groups=g, per_position=per_position))
             return Chan(out)
-        reason = f"{name} is a grouped conv with {cout // g} outputs per {cin // g} inputs"
-        ctx.freeze(Chan(codes), reason)
-        ctx.record_conv(node, ConvRecord(name, "fixed", fixed_macs=cout * (cin // g) * per_position))
-        return Chan(ctx.new_space(cout, "opaque", name, frozen=reason))
+        if cout % g:  # not a conv torch builds; never guessed at
+            reason = f"{name} has {cout} outputs in {g} groups"
+            ctx.freeze(Chan(codes), reason)
+            ctx.record_conv(node, ConvRecord(name, "fixed", fixed_macs=cout * (cin // g) * per_position))
+            return Chan(ctx.new_space(cout, "opaque", name, frozen=reason))
+        ctx.freeze(Chan(codes), f"{name} is a grouped conv with {cout // g} outputs per {cin // g} inputs: "
+                                "its inputs stay")
+        out = ctx.new_space(cout, "conv", name)
+        ctx.record_conv(node, ConvRecord(name, "grouped", gids(codes).numpy(), gids(out).numpy(),
+                                         group_size=cout // g, groups=g, per_position=per_position))
+        return Chan(out)
 
     def meta(self, module: nn.Module, args: tuple, kwargs: dict) -> Any:
         if not isinstance(module, _ConvNd) or module.transposed:
@@ -154,8 +177,10 @@ class LinearRule(_WeightedRule):
         module.in_features, module.out_features = cin, cout
 
     def label(self, ctx: LabelContext, node: fx.Node, module: nn.Module, value: Any) -> Any:
-        codes = _input_codes(ctx, node)
-        if codes is None or not isinstance(value, Tensor) or value.dim() != 2:
+        if not isinstance(value, Tensor) or value.dim() != 2:
+            return super().label(ctx, node, module, value)
+        codes = _input_codes(ctx, node, module.weight.shape[1])
+        if codes is None:
             return super().label(ctx, node, module, value)
         name = node.target
         ctx.consume(codes, name)
@@ -176,7 +201,7 @@ class BatchNormRule(ChannelRule):
     count_as = "batchnorm"
 
     def label(self, ctx: LabelContext, node: fx.Node, module: nn.Module, value: Any) -> Any:
-        codes = _input_codes(ctx, node)
+        codes = _input_codes(ctx, node, getattr(module, "num_features", None))
         if codes is None:
             return super().label(ctx, node, module, value)
         name = node.target

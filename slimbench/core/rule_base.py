@@ -34,10 +34,12 @@ class ConvRecord:
     """A conv or linear module and how its channels map to channel ids (gids)."""
 
     name: str
-    role: str  # "dense": reads in_gids, creates out space | "joined": out = in (depthwise/grouped) | "fixed"
+    # "dense": reads in_gids, creates out space | "joined": out = in (depthwise/grouped) | "grouped": reads
+    # in_gids group-wise (kept whole), creates an out space pruned equally per group | "fixed"
+    role: str
     in_gids: np.ndarray | None = None
     out_gids: np.ndarray | None = None
-    group_size: int = 1  # channels per conv group for "joined"
+    group_size: int = 1  # channels per conv group for "joined", output channels per group for "grouped"
     groups: int = 1
     per_position: int = 1  # kernel size x output spatial size (x 1 for linear)
     fixed_macs: int = 0

@@ -130,7 +130,8 @@ def _plan_from_shapes(model: nn.Module, state: Mapping[str, Tensor], inputs) -> 
 
     Which original channels survived does not matter for the rebuilt architecture, only how many
     of each conv's output channels did; keeping the first ones of every channel space keeps coupled
-    spaces (residual adds, DenseNet concats) consistent. Residual branches whose modules are absent
+    spaces (residual adds, DenseNet concats) consistent; a grouped conv's outputs keep the first ones of
+    each group (its groups keep equal counts). Residual branches whose modules are absent
     from the state dict were removed; a ``MaskedBatchNorm``'s ``index`` says which channels it reads.
     """
     residual = "select" if any(k.endswith(".index") for k in state) else "keep"
@@ -146,7 +147,11 @@ def _plan_from_shapes(model: nn.Module, state: Mapping[str, Tensor], inputs) -> 
         gids = np.flatnonzero(graph.space_of == space)
         if owner in removed:
             continue
-        keep[gids] = np.arange(len(gids)) < _kept_count(owner, kind, size, modules, state)
+        count, conv = _kept_count(owner, kind, size, modules, state), graph.convs.get(owner)
+        if conv is not None and conv.role == "grouped":  # a grouped conv keeps as many channels per group
+            keep[gids] = np.arange(len(gids)) % conv.group_size < count // conv.groups
+        else:
+            keep[gids] = np.arange(len(gids)) < count
     masks = {}
     for name, rec in graph.bns.items():  # selectors last: they read the other spaces' kept channels
         if name in removed or not rec.selector:

@@ -106,14 +106,15 @@ def enforce(graph: ChannelGraph, prune: np.ndarray, importance: np.ndarray, cand
             order = cand[np.argsort(-importance[cand], kind="stable")]
             prune[order[:n_keep]] = False
             prune[order[n_keep:]] = True
-    for rec in graph.convs.values():
-        if rec.role != "joined" or rec.group_size == 1:
+    for rec in graph.convs.values():  # a grouped conv keeps as many channels in every group
+        if not (rec.role == "grouped" or rec.role == "joined" and rec.group_size > 1):
             continue
         classes = graph.class_of[rec.out_gids].reshape(rec.groups, rec.group_size)
         kept = (~prune[classes]).sum(1)
-        k = int(np.clip(round(kept.mean()), 1, rec.group_size))
+        forced = int((~candidates[classes]).sum(1).max())  # channels a group cannot drop
+        k = int(np.clip(round(kept.mean()), max(1, forced), rec.group_size))
         for block in classes:
-            order = block[np.argsort(-importance[block], kind="stable")]
+            order = block[np.lexsort((-importance[block], candidates[block]))]  # the forced ones first
             prune[order[:k]] = False
             prune[order[k:]] = prune[order[k:]] | candidates[order[k:]]
     keep_gid = ~prune[graph.class_of]

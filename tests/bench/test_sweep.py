@@ -40,6 +40,13 @@ def test_sample_sweep_end_to_end(tmp_path):
     assert text.startswith("# Compatibility") and "| pruned | " in text and "| resnet18 | torchvision |" in text
 
 
+def test_empty_doc_writes_no_table(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sweep, "run_sweep", lambda *args, **kwargs: [])
+    assert sweep.main(["--models", "resnet18", "--no-timm", "--out", "results.json", "--doc", ""]) == 0
+    assert list(tmp_path.iterdir()) == []  # no table (it used to try writing one over ".")
+
+
 @pytest.fixture
 def resnet18_baseline():
     return run_case(RESNET18)

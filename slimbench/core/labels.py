@@ -7,6 +7,11 @@ pruned" (set by a BN whose gamma and beta are zeroed, kept through ReLU-like ops
 A label is either a ``Chan`` (1-D codes along dim 1; constant over the other dims, the common
 case) or a ``Full`` (codes for every element), needed only while a reshape or transpose moves
 channels around (channel shuffle); ``Full`` collapses back to ``Chan`` whenever it can.
+
+Either way a label spans all of dim 1: a ``Chan`` has one code per position of dim 1 and a
+``Full`` keeps dim 1 at its length, even where the codes are constant along it (``x[:, 0]`` on
+(batch, tokens, features) has ``features`` positions on dim 1, each with token 0's code, not one).
+Rules read ``len(codes)`` as the module's input channel count.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ class Chan:
 
 @dataclass(frozen=True)
 class Full:
-    codes: Tensor  # int64, same number of dims as the value; size-1 dims where codes are constant
+    codes: Tensor  # int64, same number of dims as the value; size-1 dims where codes are constant (never dim 1)
 
 
 Label = Chan | Full
@@ -55,9 +60,10 @@ def as_full(label: Label, shape: torch.Size) -> Tensor:
 
 
 def compact(codes: Tensor) -> Tensor:
-    """Shrink every dim along which the codes do not change to size 1."""
+    """Shrink every dim but dim 1 along which the codes do not change to size 1 (dim 1 keeps its length:
+    it is the channel count every rule reads)."""
     for dim in range(codes.dim()):
-        if codes.shape[dim] > 1 and bool((codes == codes.narrow(dim, 0, 1)).all()):
+        if dim != 1 and codes.shape[dim] > 1 and bool((codes == codes.narrow(dim, 0, 1)).all()):
             codes = codes.narrow(dim, 0, 1)
     return codes
 

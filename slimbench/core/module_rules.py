@@ -32,8 +32,14 @@ def _param(value: Tensor, like: nn.Parameter) -> nn.Parameter:
     return nn.Parameter(value.detach().clone(), requires_grad=like.requires_grad)
 
 
-def _input_codes(ctx: LabelContext, node: fx.Node) -> Tensor | None:
-    return channel_codes(ctx.input_label(node))
+def _input_codes(ctx: LabelContext, node: fx.Node, channels: int) -> Tensor | None:
+    """The channel ids of the input's dim 1, or None when dim 1 does not hold whole channels. A label of
+    another length than the module's input channels is a labelling bug: raised, so the module is opaque
+    (its channels frozen with this reason) rather than sliced by a wrong record."""
+    codes = channel_codes(ctx.input_label(node))
+    if codes is not None and len(codes) != channels:
+        raise ValueError(f"{len(codes)} channel labels for its {channels} input channels")
+    return codes
 
 
 class _WeightedRule(ChannelRule):
@@ -100,12 +106,14 @@ class ConvRule(_WeightedRule):
         return getattr(module, "groups", 1) == 1
 
     def label(self, ctx: LabelContext, node: fx.Node, module: nn.Module, value: Any) -> Any:
-        codes = _input_codes(ctx, node)
-        if getattr(module, "transposed", False) or codes is None or not isinstance(value, Tensor):
-            return super().label(ctx, node, module, value)
-        name = node.target
         g = getattr(module, "groups", 1)
         cout, cin = module.weight.shape[0], module.weight.shape[1] * g
+        if getattr(module, "transposed", False) or not isinstance(value, Tensor):
+            return super().label(ctx, node, module, value)
+        codes = _input_codes(ctx, node, cin)
+        if codes is None:
+            return super().label(ctx, node, module, value)
+        name = node.target
         per_position = math.prod(module.weight.shape[2:]) * math.prod(value.shape[2:])
         if g == 1:
             ctx.consume(codes, name)
@@ -146,8 +154,10 @@ class LinearRule(_WeightedRule):
         module.in_features, module.out_features = cin, cout
 
     def label(self, ctx: LabelContext, node: fx.Node, module: nn.Module, value: Any) -> Any:
-        codes = _input_codes(ctx, node)
-        if codes is None or not isinstance(value, Tensor) or value.dim() != 2:
+        if not isinstance(value, Tensor) or value.dim() != 2:
+            return super().label(ctx, node, module, value)
+        codes = _input_codes(ctx, node, module.weight.shape[1])
+        if codes is None:
             return super().label(ctx, node, module, value)
         name = node.target
         ctx.consume(codes, name)
@@ -166,7 +176,7 @@ class BatchNormRule(ChannelRule):
     count_as = "batchnorm"
 
     def label(self, ctx: LabelContext, node: fx.Node, module: nn.Module, value: Any) -> Any:
-        codes = _input_codes(ctx, node)
+        codes = _input_codes(ctx, node, module.num_features)
         if codes is None:
             return super().label(ctx, node, module, value)
         name = node.target
@@ -216,8 +226,10 @@ class MaskedBatchNormRule(BatchNormRule):
     channel ``index[j]`` and is its own BN channel, so an already pruned model can be pruned again."""
 
     def label(self, ctx: LabelContext, node: fx.Node, module: nn.Module, value: Any) -> Any:
-        codes = _input_codes(ctx, node)
-        if codes is None or not isinstance(module, MaskedBatchNorm) or len(codes) != module.in_channels:
+        if not isinstance(module, MaskedBatchNorm):
+            return ChannelRule.label(self, ctx, node, module, value)
+        codes = _input_codes(ctx, node, module.in_channels)
+        if codes is None:
             return ChannelRule.label(self, ctx, node, module, value)
         name = node.target
         read = codes[module.index.cpu()]
@@ -314,9 +326,11 @@ class IndexSelectionRule(ChannelRule):
         return True
 
     def label(self, ctx: LabelContext, node: fx.Node, module: nn.Module, value: Any) -> Any:
-        codes = _input_codes(ctx, node)
         name = node.target
-        if codes is None or not isinstance(value, Tensor) or value.dim() < 2:
+        if not isinstance(value, Tensor) or value.dim() < 2:
+            return super().label(ctx, node, module, value)
+        codes = _input_codes(ctx, node, module.indexes.numel())
+        if codes is None:
             return super().label(ctx, node, module, value)
         if not bool((module.indexes.detach() != 0).all()):
             return ctx.opaque(node, value, f"{name} ({type(module).__name__}) already selects "

@@ -17,6 +17,7 @@ from torch import nn
 
 import slimbench
 from slimbench.analysis.graph import build_graph
+from slimbench.analysis.handlers import OP_HANDLERS, register_op_handler
 from slimbench.core.labels import Chan, Full, channel_codes, collapse
 
 from helpers import randomize_bn
@@ -129,3 +130,34 @@ def test_a_label_spans_all_of_dim_1():
     moved = collapse(torch.arange(3).view(1, 1, 3).expand(2, 4, 3))  # channels on the last dim
     assert isinstance(moved, Full) and moved.codes.shape == (1, 4, 3) and channel_codes(moved) is None
 
+
+def doubled(x):  # a user's op, labelled below by a handler that gets the channel count wrong
+    return x + 0
+
+
+torch.fx.wrap("doubled")
+
+
+class MislabelledOp(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = cbr(3, 8), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.b(doubled(self.a(x)))
+
+
+def test_a_label_of_the_wrong_length_is_refused_not_sliced():
+    """A rule given more (or fewer) channel labels than its module has channels makes the module opaque
+    with that reason; before, the conv was recorded with 16 inputs and sliced by them."""
+    register_op_handler(doubled, lambda ctx, node, value: Chan(torch.cat([ctx.input_label(node).codes] * 2)))
+    try:
+        model = randomize_bn(MislabelledOp()).double()
+        x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+        row = {r["bn"]: r for r in slimbench.explain(model, x)}["a.1"]
+        assert row["status"] == "not prunable" and "16 channel labels for its 8 input channels" in row["reason"], row
+        with pytest.warns(UserWarning, match="removes only"):
+            pruned = slimbench.prune(model, x, ratio=0.5)
+        assert pruned.slimbench_plan.options["verification"]["frozen"] == []
+    finally:
+        OP_HANDLERS.pop(doubled)

@@ -247,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m slimbench.bench.sweep", description=__doc__.split("\n")[0])
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path("build/sweep/results.json"), help="results JSON")
-    parser.add_argument("--doc", type=Path, default=Path("docs/compatibility.md"), help="markdown table ('' for none)")
+    parser.add_argument("--doc", type=lambda s: Path(s) if s else None, default=Path("docs/compatibility.md"),
+                        help="markdown table ('' for none)")
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--residual", choices=("keep", "shared", "select"), default=None,
                         help="plan with this residual mode instead of the default (for comparing defaults)")
@@ -282,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
 
     records = run_sweep(cases, ratio=args.ratio, timeout=args.timeout, max_params=args.max_params,
                         log=args.out.parent / "worker.log", on_record=write, plan_options=options)
-    if str(args.doc):
+    if args.doc is not None:  # Path('') would be '.', the working directory
         atomic_write_text(args.doc, render_markdown(records, ratio=args.ratio, meta=meta))
     print(json.dumps(summary_counts(records)))
     return 0

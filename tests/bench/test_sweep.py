@@ -170,3 +170,10 @@ def test_markdown_groups_failures_and_counts():
     assert "| refused | 2 | prune: ValueError: conv '…' is called twice (N channels) | m2, m3 |" in text
     assert "| m1 | timm / x | 3x64x64 | 40.0 % | pruned |  |" in text
     assert sweep_case.PRUNED_ENOUGH == 0.2
+
+
+def test_empty_doc_writes_no_table(tmp_path, monkeypatch):
+    """``--doc ''`` means no table (it was Path(''), the working directory, and the write failed)."""
+    monkeypatch.chdir(tmp_path)
+    assert sweep.main(["--no-timm", "--models", "no_such_model", "--out", "out/results.json", "--doc", ""]) == 0
+    assert [p for p in tmp_path.iterdir() if p.name != "out"] == []

@@ -211,7 +211,9 @@ def reshape_label(ctx: Ctx, node: fx.Node, value: Any, flatten: bool) -> Any:
             if src in ctx.merged:
                 ctx.merged.add(node)
             return result
-        ctx.freeze(label, f"{describe(node)} depends on the channel count")
+        moved = in_codes is not None and out_codes is None and node.target in ops.MOVES_DIMS
+        ctx.freeze(label, f"{describe(node)} " + ("moves the channels off dim 1" if moved
+                                                   else "depends on the channel count"))
         return result
     ctx.freeze(label, f"{describe(node)} splits the channels")
     return type(out)(collapse(t) for t in out)

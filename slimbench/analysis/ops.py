@@ -77,6 +77,9 @@ RESHAPE_METHODS = {
     "narrow", "swapaxes", "movedim", "t", "unflatten", "__getitem__", "expand", "expand_as",
 }
 FLATTENS = {torch.flatten, "flatten", nn.Flatten}
+# reshapes that only reorder dims: channels they move off dim 1 are not followed (a Linear over the last dim)
+MOVES_DIMS = {torch.permute, torch.transpose, torch.swapaxes, torch.movedim, "permute", "transpose", "swapaxes",
+              "movedim", "t"}
 SHAPE_METHODS = {"size", "dim", "numel"}
 
 REDUCE_FUNCTIONS = {torch.mean: "mean", torch.sum: "sum", torch.amax: "amax", torch.amin: "amin"}

@@ -43,7 +43,7 @@ def _input_codes(ctx: LabelContext, node: fx.Node, channels: int | None = None) 
     at (the interpreter freezes the module's channels with this reason)."""
     codes = channel_codes(ctx.input_label(node))
     if codes is not None and channels is not None and len(codes) != channels:
-        raise ValueError(f"{node.target} reads {channels} channels, its input is labelled with {len(codes)}")
+        raise ValueError(f"{node.target}: {len(codes)} channel labels for its {channels} input channels")
     return codes
 
 
@@ -120,12 +120,12 @@ class ConvRule(_WeightedRule):
         return getattr(module, "groups", 1) == 1
 
     def label(self, ctx: LabelContext, node: fx.Node, module: nn.Module, value: Any) -> Any:
-        if getattr(module, "transposed", False):
-            return super().label(ctx, node, module, value)
         g = getattr(module, "groups", 1)
         cout, cin = module.weight.shape[0], module.weight.shape[1] * g
+        if getattr(module, "transposed", False) or not isinstance(value, Tensor):
+            return super().label(ctx, node, module, value)
         codes = _input_codes(ctx, node, cin)
-        if codes is None or not isinstance(value, Tensor):
+        if codes is None:
             return super().label(ctx, node, module, value)
         name = node.target
         per_position = math.prod(module.weight.shape[2:]) * math.prod(value.shape[2:])
@@ -251,8 +251,10 @@ class MaskedBatchNormRule(BatchNormRule):
     channel ``index[j]`` and is its own BN channel, so an already pruned model can be pruned again."""
 
     def label(self, ctx: LabelContext, node: fx.Node, module: nn.Module, value: Any) -> Any:
-        codes = _input_codes(ctx, node)
-        if codes is None or not isinstance(module, MaskedBatchNorm) or len(codes) != module.in_channels:
+        if not isinstance(module, MaskedBatchNorm):
+            return ChannelRule.label(self, ctx, node, module, value)
+        codes = _input_codes(ctx, node, module.in_channels)
+        if codes is None:
             return ChannelRule.label(self, ctx, node, module, value)
         name = node.target
         read = codes[module.index.cpu()]
@@ -349,9 +351,11 @@ class IndexSelectionRule(ChannelRule):
         return True
 
     def label(self, ctx: LabelContext, node: fx.Node, module: nn.Module, value: Any) -> Any:
-        codes = _input_codes(ctx, node)
         name = node.target
-        if codes is None or not isinstance(value, Tensor) or value.dim() < 2:
+        if not isinstance(value, Tensor) or value.dim() < 2:
+            return super().label(ctx, node, module, value)
+        codes = _input_codes(ctx, node, module.indexes.numel())
+        if codes is None:
             return super().label(ctx, node, module, value)
         if not bool((module.indexes.detach() != 0).all()):
             return ctx.opaque(node, value, f"{name} ({type(module).__name__}) already selects "

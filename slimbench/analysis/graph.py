@@ -44,6 +44,7 @@ class ChannelGraph:
     branches: list[Branch]
     options: dict = field(default_factory=dict)
     fallback_leaves: list[str] = field(default_factory=list)
+    unrecorded_macs: int = 0  # MACs of ops no record follows (opaque linears on tokens, attention): fixed
 
     @property
     def shape_specialised(self) -> bool:
@@ -65,9 +66,10 @@ class ChannelGraph:
         return reasons[0]
 
     def macs(self, keep: np.ndarray | None = None, removed: frozenset[str] = frozenset()) -> int:
-        """Conv + linear multiply-accumulates (batch 1) with channels kept where ``keep[gid]``."""
+        """Conv + linear (+ matmul) multiply-accumulates (batch 1) with channels kept where ``keep[gid]``;
+        the ops no record follows count at their full, unchanged size."""
         keep = np.ones(self.n_gids, dtype=bool) if keep is None else keep
-        total = 0
+        total = self.unrecorded_macs
         for rec in self.convs.values():
             if rec.name in removed:
                 continue
@@ -116,9 +118,11 @@ def _finalize(b: ChannelInterpreter, fallbacks: list[str], residual: str) -> Cha
     class_residual = np.zeros(n_classes, dtype=bool)
     if b.residual:
         class_residual[class_of[np.fromiter(b.residual, dtype=np.int64)]] = True
-    return ChannelGraph(
+    graph = ChannelGraph(
         gm=b.gm, n_gids=n, space_of=np.asarray(b.space_of, dtype=np.int64), spaces=b.spaces,
         class_of=class_of, class_reason=reasons, class_residual=class_residual, convs=b.convs,
         bns=b.bns, branches=find_branches(b), options={"residual": residual},
         fallback_leaves=fallbacks,
     )
+    graph.unrecorded_macs = max(0, b.total_macs - graph.macs())
+    return graph

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, fx
+from torch.utils.flop_counter import FlopCounterMode
 
 from slimbench.analysis import handlers, ops
 from slimbench.core.errors import SlimbenchValueError
@@ -55,13 +56,18 @@ class ChannelInterpreter(fx.Interpreter):
         self.recorded: Counter[str] = Counter()  # calls of each module that its rule could follow
         self.inputs: tuple[Tensor, ...] = ()
         self._defaulted: set[str] = set()
+        self.total_macs = 0  # conv + linear + matmul MACs of the whole forward (batch 1), as conv_linear_macs
 
     # -- running -------------------------------------------------------------------------------
     def label(self, inputs: tuple[Tensor, ...]) -> ChannelInterpreter:
         self.inputs = inputs
         self.env = {}
-        with torch.no_grad():
+        # The meta run executes every conv, linear and matmul, so torch's counter sees the same ops as
+        # core.counting.conv_linear_macs does on the real model; channel codes never reach those ops.
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
             self.run(*inputs, enable_io_processing=False)
+        batch = inputs[0].shape[0] if inputs and inputs[0].dim() else 1
+        self.total_macs = int(counter.get_total_flops()) // 2 // max(int(batch), 1)
         self._check_shared_modules()
         self._check_counts()
         return self

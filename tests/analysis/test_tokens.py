@@ -161,3 +161,18 @@ def test_a_label_of_the_wrong_length_is_refused_not_sliced():
         assert pruned.slimbench_plan.options["verification"]["frozen"] == []
     finally:
         OP_HANDLERS.pop(doubled)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_plan_macs_count_the_ops_no_record_follows(case):
+    """Token linears and attention matmuls are not channel records, but they are MACs: the plan's
+    before / after equal the counter's on the real models (they counted the convs only)."""
+    from slimbench.core.counting import conv_linear_macs
+
+    torch.manual_seed(0)
+    model = randomize_bn(CASES[case][0]())
+    x = torch.randn(2, 3, 8, 8)
+    plan = slimbench.plan(model, x, ratio=0.5)
+    assert build_graph(model, x).unrecorded_macs > 0
+    assert plan.macs_before == conv_linear_macs(model, x[:1])
+    assert plan.macs_after == conv_linear_macs(slimbench.prune(model, x, plan=plan), x[:1]) < plan.macs_before

@@ -258,6 +258,19 @@ def _group_key(reason: str) -> str:
     return text[:160]
 
 
+def _source_commit() -> str:
+    """The commit of the slimbench source that runs (with "+changes" when the tree differs), or "unknown"."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "slimbench"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m slimbench.bench.sweep", description=__doc__.split("\n")[0])
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -288,8 +301,8 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     options = {"residual": args.residual} if args.residual else {}
-    meta = {"started": started, "models": len(cases), "ratio": args.ratio, "timeout_s": args.timeout,
-            "plan options": options or "defaults"}
+    meta = {"started": started, "commit": _source_commit(), "models": len(cases), "ratio": args.ratio,
+            "timeout_s": args.timeout, "plan options": options or "defaults"}
 
     def write(records: list[dict]) -> None:  # after every model: a partial run still leaves its results
         data = {"meta": {**meta, "done": len(records)}, "summary": summary_counts(records), "records": records}

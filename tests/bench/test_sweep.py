@@ -196,3 +196,5 @@ def test_named_models_run_as_given_without_the_catalogue_and_no_doc(monkeypatch,
     assert [(c.source, c.name, c.family) for c in seen] == [("timm", "test_byobnet", "byobnet"),
                                                              ("torchvision", "resnet18", "torchvision")]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # --doc '': no markdown written
+    commit = json.loads(out.read_text())["meta"]["commit"]  # which source produced the table
+    assert commit == "unknown" or len(commit.split("+")[0]) >= 7

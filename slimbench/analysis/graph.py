@@ -22,6 +22,7 @@ from slimbench.analysis.interpreter import ChannelInterpreter, label_graph
 from slimbench.analysis.trace import trace
 from slimbench.core.errors import SlimbenchValueError
 from slimbench.core.inputs import ExampleInputs, as_example_inputs
+from slimbench.core.rule_base import ParamRecord
 from slimbench.core.rules import BNRecord, ConvRecord
 
 RESIDUAL_MODES = ("keep", "shared", "select")
@@ -44,6 +45,7 @@ class ChannelGraph:
     branches: list[Branch]
     options: dict = field(default_factory=dict)
     fallback_leaves: list[str] = field(default_factory=list)
+    params: dict[str, ParamRecord] = field(default_factory=dict)  # per-channel parameters surgery slices
     unrecorded_macs: int = 0  # MACs of ops no record follows (opaque linears on tokens, attention): fixed
 
     @property
@@ -122,7 +124,7 @@ def _finalize(b: ChannelInterpreter, fallbacks: list[str], residual: str) -> Cha
         gm=b.gm, n_gids=n, space_of=np.asarray(b.space_of, dtype=np.int64), spaces=b.spaces,
         class_of=class_of, class_reason=reasons, class_residual=class_residual, convs=b.convs,
         bns=b.bns, branches=find_branches(b), options={"residual": residual},
-        fallback_leaves=fallbacks,
+        fallback_leaves=fallbacks, params=b.params,
     )
     graph.unrecorded_macs = max(0, b.total_macs - graph.macs())
     return graph

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, fx
 
 from slimbench.analysis import ops
+from slimbench.analysis.params import param_operand
 from slimbench.core.labels import Chan, Label, as_full, channel_codes, clear_z, collapse, with_z, zbit
 
 __all__ = ["OP_HANDLERS", "register_op_handler", "handler_for", "label_call", "describe"]
@@ -115,7 +116,10 @@ def binary_label(ctx: Ctx, node: fx.Node, kind: str, value: Tensor) -> Any:
     for other, codes, other_label, is_left in ((vb, ca, lb, True), (va, cb, la, False)):
         if codes is None or len(codes) != channels:
             continue
-        if _channel_extent(other, value.dim()) > 1:
+        if _channel_extent(other, value.dim()) > 1:  # per channel: a layer scale / bias parameter, or opaque
+            label = param_operand(ctx, node, b if is_left else a, codes, kind, is_left, value)
+            if label is not None:
+                return label
             continue
         if other_label is not None:
             ctx.freeze(other_label, f"{describe(node)} broadcasts it over all channels")

@@ -6,7 +6,7 @@ then gets a label (``slimbench.core.labels``): which channel id (gid) sits at ea
 dim 1. Modules are labelled by their channel rule (``slimbench.core.rules``), functions and
 methods by the op -> handler table (``handlers.py``). The interpreter also holds the union-find
 over gids (channels that must go together), the frozen / unsafe gids with their reasons, and the
-conv / BN records that surgery and planning read.
+conv / BN / per-channel parameter records that surgery and planning read.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from torch import Tensor, fx
 from torch.utils.flop_counter import FlopCounterMode
 
 from slimbench.analysis import handlers, ops
+from slimbench.analysis.params import check_params
 from slimbench.core.errors import SlimbenchValueError
 from slimbench.core.labels import Chan, Full, Label, channel_codes, clear_z, gids, zbit
+from slimbench.core.rule_base import ParamRecord
 from slimbench.core.rules import BNRecord, ChannelRule, ConvRecord, meta_call, rule_for
 
 __all__ = ["ChannelInterpreter", "label_graph"]
@@ -48,6 +50,8 @@ class ChannelInterpreter(fx.Interpreter):
         self.residual: set[int] = set()
         self.convs: dict[str, ConvRecord] = {}
         self.bns: dict[str, BNRecord] = {}
+        self.params: dict[str, ParamRecord] = {}  # per-channel parameters read by the forward (params.py)
+        self.param_reads: set[tuple[fx.Node, fx.Node]] = set()  # (get_attr node, the op reading it per channel)
         self.labels: dict[fx.Node, Any] = {}
         self.merged: set[fx.Node] = set()  # nodes carrying a residual sum or a concat
         self.shapes: dict[fx.Node, tuple[Any, int]] = {}  # x.shape / x.size() nodes: (x's label, x.dim())
@@ -70,6 +74,7 @@ class ChannelInterpreter(fx.Interpreter):
         self.total_macs = int(counter.get_total_flops()) // 2 // max(int(batch), 1)
         self._check_shared_modules()
         self._check_counts()
+        check_params(self)
         return self
 
     def run_node(self, node: fx.Node) -> Any:

@@ -8,7 +8,8 @@ A :class:`ChannelRule` carries everything the pipeline needs about one module ty
 - ``meta(module, args, kwargs)``: the module's output on meta tensors (shapes only, no state
   touched); used by tracing and labelling.
 - ``slice(module, rec, keep)`` / ``zero(module, rec, keep)``: surgery, given the record the
-  labelling left (:class:`ConvRecord` or :class:`BNRecord`) and ``keep`` (bool per channel id).
+  labelling left (:class:`ConvRecord` or :class:`BNRecord`) and ``keep`` (bool per channel id). A
+  per-channel parameter the forward reads itself (layer scale) leaves a :class:`ParamRecord`.
 - ``leaf``: always a leaf of the fx trace, whatever the subclass (conv, linear, BN: yes).
 - ``keeps_zero``: for pointwise modules, whether 0 stays 0 (None: not pointwise).
 - ``count_as``: how ``thop_ext`` counts it (``"conv"``, ``"linear"``, ``"batchnorm"``,
@@ -26,7 +27,7 @@ from torch import Tensor, fx, nn
 
 from slimbench.core.labels import Label
 
-__all__ = ["ChannelRule", "ConvRecord", "BNRecord", "LabelContext", "generic_meta"]
+__all__ = ["ChannelRule", "ConvRecord", "BNRecord", "ParamRecord", "LabelContext", "generic_meta"]
 
 
 @dataclass
@@ -54,6 +55,15 @@ class BNRecord:
     in_gids: np.ndarray | None = None  # selectors only: the channel each of its channels reads
     all_in_gids: np.ndarray | None = None  # a MaskedBatchNorm: every channel of the tensor it indexes
     calls: int = 1  # call sites in one forward (all coupled)
+
+
+@dataclass
+class ParamRecord:
+    """A parameter or buffer the forward reads per channel (``x * self.gamma``, ``x + self.beta``)."""
+
+    target: str  # its qualified name in the model
+    dim: int  # the dim of the tensor that holds the channels
+    gids: np.ndarray  # the channel id of each of its entries along ``dim``
 
 
 class LabelContext(Protocol):

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from slimbench.analysis.graph import DEFAULT_RESIDUAL, ChannelGraph, build_graph
+from slimbench.analysis.params import slice_params
 from slimbench.core.errors import SlimbenchValueError
 from slimbench.core.inputs import ExampleInputs, as_example_inputs, unwrap
 from slimbench.core.modules import MaskedBatchNorm
@@ -187,6 +188,7 @@ def prune(model: nn.Module, example_inputs: ExampleInputs | None = None, *, plan
             for name in removed:
                 for param in modules[name].parameters(recurse=False):
                     param.zero_()
+        slice_params(pruned, graph.params, keep)  # layer scales and other per-channel tensors the forward reads
     if fold_beta:
         from slimbench.pruning.folding import fold_beta as fold
 

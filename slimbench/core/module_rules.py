@@ -66,8 +66,8 @@ class _WeightedRule(ChannelRule):
         elif rec.role == "joined":
             kept = keep[rec.out_gids]
             out_idx = _index(kept, device)
-            if rec.group_size == 1:
-                new_weight, groups = weight.index_select(0, out_idx), len(out_idx)
+            if rec.group_size == 1:  # depthwise; with a multiplier, out_gids repeat each input's k times
+                new_weight, groups = weight.index_select(0, out_idx), int(keep[rec.in_gids].sum())
             else:
                 blocks = kept.reshape(rec.groups, rec.group_size)
                 counts = blocks.sum(1)
@@ -77,7 +77,7 @@ class _WeightedRule(ChannelRule):
                 pieces = [rows[g * per:(g + 1) * per].index_select(1, _index(blocks[g], device))
                           for g in range(rec.groups)]
                 new_weight, groups = torch.cat(pieces), rec.groups
-            self.set_sizes(module, len(out_idx), len(out_idx))
+            self.set_sizes(module, groups if rec.group_size == 1 else len(out_idx), len(out_idx))
             module.groups = groups
         elif rec.role == "grouped":  # outputs only, the same number in every group: inputs and groups stay
             kept = keep[rec.out_gids]
@@ -111,8 +111,8 @@ class _WeightedRule(ChannelRule):
 
 
 class ConvRule(_WeightedRule):
-    """Convolutions: dense (groups == 1), depthwise / grouped with in == out (joined), other grouped convs
-    (a depthwise multiplier, an expanding grouped conv): inputs kept, outputs pruned equally per group."""
+    """Convolutions: dense (groups == 1), depthwise (also with a channel multiplier) / grouped with in == out
+    (joined), other grouped convs (an expanding grouped conv): inputs kept, outputs pruned equally per group."""
 
     count_as = "conv"
 
@@ -139,6 +139,12 @@ class ConvRule(_WeightedRule):
             out = with_z(codes, zbit(codes).bool() & (getattr(module, "bias", None) is None))
             ctx.record_conv(node, ConvRecord(name, "joined", gids(codes).numpy(), gids(codes).numpy(),
                                              group_size=cin // g, groups=g, per_position=per_position))
+            return Chan(out)
+        if cin == g and cout % g == 0:  # depthwise with a channel multiplier: output j reads input j // k alone
+            rep = codes.repeat_interleave(cout // g)
+            out = with_z(rep, zbit(rep).bool() & (getattr(module, "bias", None) is None))
+            ctx.record_conv(node, ConvRecord(name, "joined", gids(codes).numpy(), gids(rep).numpy(),
+                                             group_size=1, groups=g, per_position=per_position))
             return Chan(out)
         if cout % g:  # not a conv torch builds; never guessed at
             reason = f"{name} has {cout} outputs in {g} groups"

@@ -35,8 +35,9 @@ class ConvRecord:
     """A conv or linear module and how its channels map to channel ids (gids)."""
 
     name: str
-    # "dense": reads in_gids, creates out space | "joined": out = in (depthwise/grouped) | "grouped": reads
-    # in_gids group-wise (kept whole), creates an out space pruned equally per group | "fixed"
+    # "dense": reads in_gids, creates out space | "joined": out = in (depthwise / grouped; a depthwise
+    # multiplier k repeats each in gid k times) | "grouped": reads in_gids group-wise (kept whole), creates
+    # an out space pruned equally per group | "fixed"
     role: str
     in_gids: np.ndarray | None = None
     out_gids: np.ndarray | None = None

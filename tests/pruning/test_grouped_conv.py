@@ -1,6 +1,7 @@
-"""Grouped convs whose groups have as many outputs as inputs are "joined" (depthwise, ResNeXt); the others
-(a depthwise multiplier C -> 2C, an expanding grouped conv C -> 4C in 2 groups, in 2-D and 1-D) keep
-their inputs and prune their outputs, the same number in every group (timm cpubone's expand convs)."""
+"""Grouped convs whose groups have as many outputs as inputs are "joined" (depthwise, ResNeXt), and so is a
+depthwise conv with a channel multiplier (input i feeds outputs k*i .. k*i+k-1 alone: one channel group,
+timm fastvit's downsampling); the others (an expanding grouped conv C -> 4C in 2 groups, in 2-D and 1-D)
+keep their inputs and prune their outputs, the same number in every group (timm cpubone's expand convs)."""
 
 import pytest
 import torch
@@ -34,8 +35,11 @@ class Expand(nn.Module):
         return self.fc(x.flatten(2).mean(2))
 
 
-MODELS = {
+MULTIPLIER = {
     "depthwise_multiplier": lambda: Expand(groups=8, mult=2),
+    "depthwise_multiplier_conv1d": lambda: Expand(groups=8, mult=3, conv=nn.Conv1d, bn=nn.BatchNorm1d),
+}
+MODELS = {
     "expand_two_groups": lambda: Expand(groups=2, mult=4),
     "expand_conv1d": lambda: Expand(groups=4, mult=3, conv=nn.Conv1d, bn=nn.BatchNorm1d),
 }
@@ -63,6 +67,28 @@ def test_outputs_of_a_grouped_conv_are_pruned_equally_per_group(name):
     assert (plan.macs_before, plan.macs_after) == (conv_linear_macs(model, x[:1]), conv_linear_macs(pruned, x[:1]))
 
 
+@pytest.mark.parametrize("name", sorted(MULTIPLIER))
+def test_a_depthwise_multiplier_prunes_each_input_with_its_outputs(name):
+    torch.manual_seed(0)
+    model = randomize_bn(MULTIPLIER[name]())
+    x = torch.randn(2, 3, 8, 8)
+    assert build_graph(model, x).convs["grouped"].role == "joined"
+    plan = slimbench.plan(model, x, ratio=0.5)
+    pruned = slimbench.prune(model, x, plan=plan)
+    assert pruned.slimbench_plan.options["verification"]["frozen"] == []
+    assert_equivalent(model.double(), x.double(), plan, pruned.double())
+    model.float(), pruned.float()
+    before, after = model.grouped, pruned.grouped
+    k = before.out_channels // before.in_channels
+    assert after.in_channels == after.groups == int(plan.masks["bn0"].sum()) < before.in_channels  # inputs go
+    assert after.out_channels == k * after.in_channels  # with their k outputs each
+    assert torch.equal(plan.masks["bn1"], plan.masks["bn0"].repeat_interleave(k))
+    assert (plan.macs_before, plan.macs_after) == (conv_linear_macs(model, x[:1]), conv_linear_macs(pruned, x[:1]))
+    loaded = slimbench.load_pruned_model(MULTIPLIER[name](), pruned.state_dict(), example_inputs=(3, 8, 8)).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), pruned.eval()(x))
+
+
 def test_a_grouped_conv_keeps_its_inputs_and_says_why():
     model = randomize_bn(MODELS["expand_two_groups"]())
     graph = build_graph(model, torch.randn(1, 3, 8, 8))
@@ -72,7 +98,7 @@ def test_a_grouped_conv_keeps_its_inputs_and_says_why():
 
 
 def test_zero_matches_prune_on_a_grouped_conv():
-    model = randomize_bn(MODELS["depthwise_multiplier"]())
+    model = randomize_bn(MODELS["expand_two_groups"]())
     x = torch.randn(2, 3, 8, 8)
     plan = slimbench.plan(model, x, ratio=0.5)
     zeroed = slimbench.zero(model, plan).eval()

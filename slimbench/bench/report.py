@@ -237,7 +237,8 @@ def _latency_tables(rows: list[dict], plans: dict[str, PruningPlan]) -> dict[str
     """model -> the latency table behind its latency-aware row (run record): key, build time, cache use."""
     aware = {r["model"]: plans[r["case"]].options["latency"] for r in rows
              if r["case"] in plans and plans[r["case"]].options.get("widths") == "latency"}
-    return {model: {**info["table"], "predicted_ratio": info.get("predicted_ratio")} for model, info in aware.items()}
+    return {model: {**info["table"], "predicted_ratio": info.get("predicted_ratio"),
+                    "predicted_calibrated": info.get("calibrated")} for model, info in aware.items()}
 
 
 def _check(settings: ReportSettings) -> str:

@@ -148,7 +148,8 @@ def latency_search(graph: ChannelGraph, opts: PlanOptions, decide: Callable, fin
             need = int(np.floor(opts.ratio * pool.sum()))
             attempt = widths_attempt(lambda p, keep: int((p & pool).sum()) >= need)
         plan = finish(attempt, opts.ratio)
-        plan.options["latency"] = {"predicted_ratio": predicted(attempt) / full, "table": table_record(lm)}
+        plan.options["latency"] = {"predicted_ratio": predicted(attempt) / full, "table": table_record(lm),
+                                   "calibrated": lm.reference_ms is not None}
         if opts.target_macs is not None and plan.macs_after > goal:
             _unreachable(f"target_macs={opts.target_macs}", plan.macs_after / plan.macs_before, opts.widths)
         return plan

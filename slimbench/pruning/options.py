@@ -28,7 +28,7 @@ DEFAULT_RATIO = 0.5
 KEYWORDS = ("method", "ratio", "target_macs", "round_to", "residual", "branches", "importance",
             "ignored_layers", "layer_ratios", "leaf_modules", "target_latency", "widths", "latency")
 WIDTHS = ("channels", "latency")
-LATENCY_KEYS = ("backend", "threads", "batch", "cache_dir", "progress", "timing")
+LATENCY_KEYS = ("backend", "threads", "batch", "cache_dir", "progress", "timing", "calibrate")
 # ``latency={"timing": {...}}``: measure() options for every timing of the latency model (table, calibration,
 # real-model checks); only to shorten a build (tests). A table so built is cached under its own key.
 TIMING_KEYS = ("min_time_s", "min_rounds", "max_rounds", "sample_ms", "warmup")

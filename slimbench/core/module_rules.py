@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, fx, nn
 from torch.nn.modules.conv import _ConvNd
 
+from slimbench.core.conv_probe import own_forward as _own_forward
+from slimbench.core.conv_probe import slicing_changes as _slicing_changes
 from slimbench.core.errors import SlimbenchValueError
 from slimbench.core.labels import Chan, channel_codes, gids, with_z, zbit
 from slimbench.core.modules import MaskedBatchNorm
@@ -30,12 +32,6 @@ def _index(mask: np.ndarray, device) -> Tensor:
 
 def _param(value: Tensor, like: nn.Parameter) -> nn.Parameter:
     return nn.Parameter(value.detach().clone(), requires_grad=like.requires_grad)
-
-
-def _own_forward(module: nn.Module, bases: tuple[type, ...]) -> bool:
-    """Does ``module`` override the forward of torch's own class (a subclass that pads, scales...)?
-    Its meta output then comes from running that forward, not from the base class's formula."""
-    return not any(type(module).forward is base.forward for base in bases)
 
 
 def _input_codes(ctx: LabelContext, node: fx.Node, channels: int | None = None) -> Tensor | None:
@@ -129,6 +125,10 @@ class ConvRule(_WeightedRule):
             return super().label(ctx, node, module, value)
         name = node.target
         per_position = math.prod(module.weight.shape[2:]) * math.prod(value.shape[2:])
+        if isinstance(module, _ConvNd) and _own_forward(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            why = _slicing_changes(module)  # a module registered with this rule by hand is taken at its word
+            if why is not None:
+                return ctx.opaque(node, value, f"{name}: {why}")
         if g == 1:
             ctx.consume(codes, name)
             out = ctx.new_space(cout, "conv", name)

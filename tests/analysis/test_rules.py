@@ -151,3 +151,38 @@ def test_a_conv_subclass_with_its_own_forward_is_sized_by_that_forward():
     pruned = slimbench.prune(model, x, plan=plan)
     assert type(pruned.same) is SamePadConv and pruned.same.in_channels < 8
     assert_equivalent(model, x, plan, pruned=pruned)
+
+
+class StandardizedConv(nn.Conv2d):
+    """Weight standardisation in the forward: each filter normalised over its inputs and kernel."""
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.var((1, 2, 3), keepdim=True, unbiased=False) + 1e-5).sqrt()
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class StandardizedNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.b0 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.std, self.b1 = StandardizedConv(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = F.relu(self.b0(self.stem(x)))
+        return self.head(F.relu(self.b1(self.std(x))).mean((2, 3)))
+
+
+def test_a_conv_whose_forward_transforms_its_weight_is_not_sliced():
+    """Removing an input of a standardised filter changes its mean and variance: the channels stay
+    (an unverified prune would return a wrong model), with the reason; a same-padding forward is sliced."""
+    model = randomize_bn(StandardizedNet()).double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    rows = {r["bn"]: r for r in slimbench.explain(model, x)}
+    assert rows["b0"]["status"] == "not prunable" and "StandardizedConv's own forward changes" in rows["b0"]["reason"]
+    plan = slimbench.plan(model, x, ratio=0.5)
+    assert "b0" not in plan.masks
+    pruned = slimbench.prune(model, x, plan=plan, verify=False)
+    assert_equivalent(model, x, plan, pruned=pruned)
+    assert pruned.std.in_channels == 8

@@ -45,14 +45,19 @@ MODELS = {
 }
 
 
+def _pruned(build, role: str):
+    """The model, its input, plan and pruned model at ratio 0.5, its grouped conv labelled ``role``."""
+    torch.manual_seed(0)
+    model = randomize_bn(build())
+    x = torch.randn(2, 3, 8, 8)
+    assert build_graph(model, x).convs["grouped"].role == role
+    plan = slimbench.plan(model, x, ratio=0.5)
+    return model, x, plan, slimbench.prune(model, x, plan=plan)
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_outputs_of_a_grouped_conv_are_pruned_equally_per_group(name):
-    torch.manual_seed(0)
-    model = randomize_bn(MODELS[name]())
-    x = torch.randn(2, 3, 8, 8)
-    assert build_graph(model, x).convs["grouped"].role == "grouped"
-    plan = slimbench.plan(model, x, ratio=0.5)
-    pruned = slimbench.prune(model, x, plan=plan)
+    model, x, plan, pruned = _pruned(MODELS[name], "grouped")
     assert_equivalent(model, x, plan, pruned)
     assert_equivalent(model.double(), x.double(), plan, pruned.double())
     model.float(), pruned.float()
@@ -69,12 +74,7 @@ def test_outputs_of_a_grouped_conv_are_pruned_equally_per_group(name):
 
 @pytest.mark.parametrize("name", sorted(MULTIPLIER))
 def test_a_depthwise_multiplier_prunes_each_input_with_its_outputs(name):
-    torch.manual_seed(0)
-    model = randomize_bn(MULTIPLIER[name]())
-    x = torch.randn(2, 3, 8, 8)
-    assert build_graph(model, x).convs["grouped"].role == "joined"
-    plan = slimbench.plan(model, x, ratio=0.5)
-    pruned = slimbench.prune(model, x, plan=plan)
+    model, x, plan, pruned = _pruned(MULTIPLIER[name], "joined")
     assert pruned.slimbench_plan.options["verification"]["frozen"] == []
     assert_equivalent(model.double(), x.double(), plan, pruned.double())
     model.float(), pruned.float()

@@ -20,7 +20,8 @@ from torch import nn
 
 import slimbench
 from slimbench.bench.latency import make_runner, measure
-from slimbench.bench.latency_table import LatencyModel, build_table, fastest, layer_specs, table_key
+from slimbench.bench.latency_predict import LatencyModel
+from slimbench.bench.latency_table import build_table, fastest, layer_specs, table_key
 from slimbench.core.counting import conv_linear_macs
 from slimbench.pruning.latency_model import latency_model
 from slimbench.pruning.plan import keep_from_plan

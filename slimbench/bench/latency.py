@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,8 +33,10 @@ from slimbench.core.errors import SlimbenchRuntimeError
 from slimbench.core.inputs import ExampleInputs, as_example_inputs
 
 __all__ = ["Timing", "Backend", "BackendUnavailable", "BACKENDS", "register_backend", "get_backend",
-           "available_backends", "require_backends", "backend_versions", "environment", "batch_inputs", "torch_runner",
-           "ort_runner", "openvino_runner", "make_runner", "measure", "time_models", "speedup", "speedup_iqr"]
+           "available_backends", "require_backends", "backend_versions", "cpu_model",
+           "memory_bandwidth", "last_level_cache_bytes",
+           "environment", "batch_inputs", "torch_runner", "ort_runner", "openvino_runner", "make_runner", "measure",
+           "time_models", "speedup", "speedup_iqr"]
 
 Runner = Callable[[], object]
 
@@ -109,7 +112,8 @@ def backend_versions() -> dict[str, str | None]:
     return {backend.package or name: backend.version() for name, backend in BACKENDS.items()}
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what ``platform`` knows."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
@@ -118,6 +122,38 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+BUFFER_CACHES = 4  # the bandwidth buffer is this many last-level caches (at least MIN_BUFFER)
+MIN_BUFFER = 256 * 2**20
+
+
+def last_level_cache_bytes() -> int | None:
+    """Size of the largest CPU cache (Linux sysfs), None where it cannot be read."""
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:].upper(), 1)
+        digits = text.rstrip("KkMmGg")
+        if digits.isdigit():
+            sizes.append(int(digits) * unit)
+    return max(sizes) if sizes else None
+
+
+def memory_bandwidth(repeats: int = 5) -> float:
+    """Read bandwidth from memory in GB/s: the fastest of ``repeats`` one-thread sums over a float32
+    buffer several times the last-level cache (so it cannot be served from the cache)."""
+    size = max(MIN_BUFFER, BUFFER_CACHES * (last_level_cache_bytes() or 0))
+    buffer = np.ones(size // 4, dtype=np.float32)
+    best = float("inf")
+    for _ in range(max(repeats, 1)):
+        started = time.perf_counter()
+        buffer.sum()
+        best = min(best, time.perf_counter() - started)
+    return buffer.nbytes / best / 1e9
 
 
 def _git(*args: str) -> str | None:
@@ -133,7 +169,7 @@ def environment(threads: int = 1) -> dict:
     """What a latency number depends on: machine, CPU, threads, runtime versions and the commit
     (``None`` outside a git checkout; ``dirty`` when the working tree has uncommitted changes)."""
     commit = _git("rev-parse", "HEAD")
-    return {"machine": platform.node(), "platform": platform.platform(), "cpu": _cpu_model(),
+    return {"machine": platform.node(), "platform": platform.platform(), "cpu": cpu_model(),
             "cpu_count": os.cpu_count(), "threads": threads, "python": platform.python_version(),
             "versions": backend_versions(), "commit": commit,
             "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")) if commit else None}

@@ -1,14 +1,13 @@
-"""Per-layer latency tables: what each conv costs at a kept width, measured, cached, and summed.
+"""Per-layer latency tables: what each conv costs at a kept width, measured and cached.
 
 How one layer is timed. Each conv (``nn.Conv2d``) is timed as a *one-layer model*, conv + BN + ReLU
 at the layer's real input shape, batch size and thread count, exported and run through the
 harness's own ``make_runner`` and interleaved ``measure``. The alternative, timing the whole model
 with only that layer's width changed, is faithful to cache effects but costs one whole-model export
 and run per sample (minutes for resnet56); the one-layer model costs milliseconds, and layers of the
-same shape (resnet56's 18 identical 16->16 convs) share one entry. What a one-layer model cannot see
-(layout reorders at the model's edges, residual adds, pooling, the classifier) is absorbed by a
-linear calibration ``measured = scale * sum(layer costs) + constant`` fitted on whole-model runs
-(``LatencyModel.calibrate``).
+same shape (resnet56's 18 identical 16->16 convs) share one entry. A layer timed alone keeps its
+weights in the cache; ``latency_predict`` adds what the whole model pays to read them from memory
+(the table records the memory bandwidth for it) and calibrates what else a one-layer model cannot see.
 
 What is sampled. Backends work on channel blocks, so latency is a staircase in the kept widths. A
 probe first times the widest conv at every multiple of 4 output channels (up to 64) and picks the
@@ -28,8 +27,8 @@ back-to-back runs): on a loaded machine other processes only ever add time, so t
 stable estimate of a layer's own cost (whole-model comparisons keep the harness's medians).
 
 Tables are cached as JSON under ``cache_dir`` keyed by backend, its version, the CPU model and the
-thread count (entries keyed by layer shape and batch): a second build is a file read, and any change
-of those keys builds a new file.
+thread count (entries keyed by layer shape and batch; the bandwidth with them): a second build is a
+file read, and any change of those keys builds a new file.
 """
 
 from __future__ import annotations
@@ -37,24 +36,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from slimbench.analysis.graph import ChannelGraph
-from slimbench.bench.latency import make_runner, measure
+from slimbench.bench.latency import cpu_model, get_backend, make_runner, measure, memory_bandwidth
 from slimbench.core.atomic import atomic_write_text
 
-__all__ = ["fastest", "LayerSpec", "LatencyTable", "LatencyModel", "layer_specs", "build_table", "table_key",
-           "step_ends", "default_cache_dir"]
+__all__ = ["fastest", "LayerSpec", "LatencyTable", "layer_specs", "build_table", "table_key", "step_ends",
+           "default_cache_dir"]
 
-FORMAT = "slimbench.latency-table/2"  # /2: entries carry the corner sample
+FORMAT = "slimbench.latency-table/3"  # /2: entries carry the corner sample; /3: the memory bandwidth
 PROBE_STEP = 4
 CHUNK = 24  # runners timed together (interleaved) while a table is built
 Factory = Callable[["LayerSpec", int, int], Callable[[], object]]
@@ -93,6 +90,11 @@ class LayerSpec:
         groups = cout if self.depthwise else 1
         conv = nn.Conv2d(cin, cout, self.kernel, self.stride, self.padding, self.dilation, groups, bias=False)
         return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU()).eval()
+
+    def weight_bytes(self, cin: int, cout: int) -> int:
+        """float32 weight bytes at these widths (what the whole model reads per inference)."""
+        per_output = 1 if self.depthwise else cin
+        return 4 * cout * per_output * self.kernel[0] * self.kernel[1]
 
     def inputs(self, cin: int) -> tuple[torch.Tensor, ...]:
         return (torch.randn(self.batch, cin, self.height, self.width),)
@@ -164,30 +166,9 @@ def _detect_step(widths: list[int], costs: list[float], tol: float) -> int:
     return PROBE_STEP
 
 
-def backend_version(backend: str) -> str:
-    if backend == "ort":
-        import onnxruntime
-
-        return onnxruntime.__version__
-    if backend == "openvino":
-        import openvino
-
-        return openvino.__version__
-    return torch.__version__
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def table_key(backend: str, threads: int, version: str | None = None, cpu: str | None = None) -> dict:
-    return {"backend": backend, "version": version or backend_version(backend), "cpu": cpu or cpu_model(),
+    return {"backend": backend, "version": version or get_backend(backend).version() or "unknown",
+            "cpu": cpu or cpu_model(),
             "threads": int(threads)}
 
 
@@ -201,6 +182,7 @@ class LatencyTable:
 
     key: dict
     entries: dict[str, dict] = field(default_factory=dict)
+    bandwidth_gb_s: float | None = None  # memory read bandwidth (latency_predict); None: no memory term
     build_seconds: float = 0.0
     measured_points: int = 0
     cached_shapes: int = 0  # layer shapes of the last build_table read from the cache (the rest were measured)
@@ -219,7 +201,7 @@ class LatencyTable:
         return step_ends(list(widths), list(costs), tol)
 
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "key": self.key, "entries": self.entries}
+        return {"format": FORMAT, "key": self.key, "entries": self.entries, "bandwidth_gb_s": self.bandwidth_gb_s}
 
     def save(self, path: str | os.PathLike) -> Path:
         return atomic_write_text(path, json.dumps(self.to_dict(), indent=1, sort_keys=True))
@@ -229,7 +211,7 @@ class LatencyTable:
         data = json.loads(Path(path).read_text())
         if data.get("format") != FORMAT:
             raise ValueError(f"{path}: not a slimbench latency table (format {data.get('format')!r})")
-        return cls(data["key"], data["entries"])
+        return cls(data["key"], data["entries"], data.get("bandwidth_gb_s"))
 
 
 def _floor(entry: dict, full: float) -> float:
@@ -260,18 +242,21 @@ def _cache_path(cache_dir: Path, key: dict) -> Path:
 def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: str = "ort", threads: int = 1,
                 cache_dir: str | os.PathLike | None = None, runner_factory: Factory | None = None,
                 clock: Callable[[], float] = time.perf_counter, key: dict | None = None, tol: float = 0.03,
-                progress: bool = True, **measure_options) -> LatencyTable:
+                progress: bool = True, bandwidth_gb_s: float | None = None, **measure_options) -> LatencyTable:
     """Measure (or read from the cache) the curves of every layer shape in ``specs``.
 
     ``runner_factory(spec, cin, cout)`` returns the zero-argument runner timed for that width (default:
     ``make_runner(backend, spec.module(cin, cout), spec.inputs(cin), threads=threads)``); ``clock`` is
     passed to ``measure`` (tests inject simulated time). ``cache_dir=None``: ``default_cache_dir()``;
     ``cache_dir=False``: no cache. ``key``: the cache key (default ``table_key(backend, threads)``).
+    ``bandwidth_gb_s``: the memory bandwidth the predictor charges weight reads at (``latency_predict``);
+    default: the cached table's, else measured (``latency.memory_bandwidth``), except under an injected
+    ``runner_factory`` (simulated costs), where there is no memory term unless one is given.
     """
     started = time.perf_counter()
     key = key or table_key(backend, threads)
     unique = {s.key: s for s in (specs.values() if isinstance(specs, Mapping) else specs)}
-    path = None
+    path, measured_bandwidth = None, False
     table = LatencyTable(key)
     if cache_dir is not False:
         path = _cache_path(Path(cache_dir) if cache_dir else default_cache_dir(), key)
@@ -279,6 +264,11 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
             cached = LatencyTable.load(path)
             if cached.key == key:
                 table.entries.update(cached.entries)
+                table.bandwidth_gb_s = cached.bandwidth_gb_s
+    if bandwidth_gb_s is not None:
+        table.bandwidth_gb_s = float(bandwidth_gb_s)
+    elif table.bandwidth_gb_s is None and runner_factory is None:
+        table.bandwidth_gb_s, measured_bandwidth = memory_bandwidth(), True
     missing = [s for k, s in unique.items() if k not in table.entries]
     table.cached_shapes = len(unique) - len(missing)
     if missing:
@@ -331,9 +321,9 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
             corner = (_grid(spec.in_channels, step, False)[0], _grid(spec.out_channels, step)[0])
             if not spec.depthwise and corner != (spec.in_channels, spec.out_channels):
                 table.entries[spec.key]["corner"] = times[(spec.key, *corner)]
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            table.save(path)
+    if path is not None and (missing or measured_bandwidth):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table.save(path)
     table.build_seconds = time.perf_counter() - started
     return table
 
@@ -357,43 +347,3 @@ def _progress(total: int, enabled: bool, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="point", leave=False)
-
-
-@dataclass
-class LatencyModel:
-    """Whole-model latency predicted from a table: ``scale * sum(conv costs) + constant`` (ms)."""
-
-    table: LatencyTable
-    graph: ChannelGraph
-    specs: dict[str, LayerSpec]
-    scale: float = 1.0
-    constant: float = 0.0
-    reference_ms: float | None = None  # measured latency of the unpruned model, when calibrated
-    measure_fn: Callable[[object], float] | None = None  # PruningPlan -> measured pruned / unpruned latency
-
-    def layer_sum(self, keep_gid: np.ndarray | None = None, removed: frozenset[str] = frozenset()) -> float:
-        keep = np.ones(self.graph.n_gids, dtype=bool) if keep_gid is None else keep_gid
-        total = 0.0
-        for name, spec in self.specs.items():
-            if name in removed:
-                continue
-            rec = self.graph.convs[name]
-            cout = int(keep[rec.out_gids].sum()) if rec.out_gids is not None else spec.out_channels
-            cin = cout if spec.depthwise else (int(keep[rec.in_gids].sum()) if rec.in_gids is not None
-                                               else spec.in_channels)
-            total += self.table.cost(spec, max(cin, 1), max(cout, 1))
-        return total
-
-    def predict(self, keep_gid: np.ndarray | None = None, removed: frozenset[str] = frozenset()) -> float:
-        return self.scale * self.layer_sum(keep_gid, removed) + self.constant
-
-    def calibrate(self, points: list[tuple[float, float]]) -> LatencyModel:
-        """Fit scale and constant to ``[(layer_sum, measured ms), ...]`` (one point: constant only)."""
-        sums, measured = (np.asarray(v, dtype=float) for v in zip(*points, strict=True))
-        if len(points) >= 2 and np.ptp(sums) > 0:
-            scale, constant = np.polyfit(sums, measured, 1)
-            if scale > 0:
-                self.scale, self.constant = float(scale), float(constant)
-                return self
-        self.scale, self.constant = 1.0, float(np.mean(measured - sums))
-        return self

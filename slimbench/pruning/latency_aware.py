@@ -1,7 +1,8 @@
 """Latency-aware planning: ``plan(..., target_latency=0.5)`` and ``plan(..., widths="latency")``.
 
-Both read a ``LatencyModel`` (``slimbench.bench.latency_table``): per-conv latency staircases
-measured on this machine plus a calibration on whole-model runs; ``slimbench.plan`` and
+Both read a ``LatencyModel`` (``slimbench.bench.latency_predict``): per-conv latency staircases
+measured on this machine (``latency_table``), each conv's weight reads at the measured memory bandwidth,
+and a calibration on whole-model runs; ``slimbench.plan`` and
 ``Analysis.plan`` build one (``latency_model.py``) unless ``latency=`` passes one.
 
 ``target_latency=t``: keep ``t`` of the unpruned model's latency. The criterion's global threshold
@@ -25,7 +26,8 @@ from collections.abc import Callable
 import numpy as np
 
 from slimbench.analysis.graph import ChannelGraph
-from slimbench.bench.latency_table import LatencyModel, step_ends
+from slimbench.bench.latency_predict import LatencyModel
+from slimbench.bench.latency_table import step_ends
 from slimbench.pruning.options import PlanOptions
 from slimbench.pruning.selection import bisect_ratio, layers_of
 
@@ -47,14 +49,7 @@ def _layer_convs(graph: ChannelGraph, lm: LatencyModel, layer: np.ndarray) -> li
 
 
 def _local_cost(lm: LatencyModel, convs: list[str], keep_gid: np.ndarray) -> float:
-    graph, total = lm.graph, 0.0
-    for name in convs:
-        spec, rec = lm.specs[name], graph.convs[name]
-        cout = max(int(keep_gid[rec.out_gids].sum()), 1) if rec.out_gids is not None else spec.out_channels
-        cin = cout if spec.depthwise else (max(int(keep_gid[rec.in_gids].sum()), 1) if rec.in_gids is not None
-                                           else spec.in_channels)
-        total += lm.table.cost(spec, cin, cout)
-    return total
+    return lm.layer_sum(keep_gid, names=convs)
 
 
 def latency_widths(graph: ChannelGraph, lm: LatencyModel, importance: np.ndarray, pool: np.ndarray,

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from slimbench.analysis.graph import DEFAULT_RESIDUAL, ChannelGraph, build_graph
 from slimbench.bench.latency import batch_inputs, make_runner, measure
-from slimbench.bench.latency_table import LatencyModel, build_table, fastest, layer_specs, table_key
+from slimbench.bench.latency_predict import LatencyModel
+from slimbench.bench.latency_table import build_table, fastest, layer_specs, table_key
 from slimbench.core.inputs import ExampleInputs, as_example_inputs, unwrap
 from slimbench.pruning.options import check_latency_settings
 from slimbench.pruning.plan import PruningPlan, keep_from_plan, make_plan

@@ -10,8 +10,9 @@ import torch
 
 import slimbench
 from slimbench.analysis.graph import build_graph
+from slimbench.bench import latency
+from slimbench.bench.latency_predict import LatencyModel
 from slimbench.bench.latency_table import (
-    LatencyModel,
     LatencyTable,
     build_table,
     layer_specs,
@@ -139,6 +140,36 @@ def test_predictor_sums_layer_costs_and_calibrates(resnet20, tmp_path):
     assert lm.predict(keep) == pytest.approx(expected - saved)
     lm.calibrate([(lm.layer_sum(), 2 * lm.layer_sum() + 1), (lm.layer_sum(keep), 2 * lm.layer_sum(keep) + 1)])
     assert (lm.scale, lm.constant) == (pytest.approx(2.0), pytest.approx(1.0))
+
+
+def test_weight_reads_are_charged_at_the_tables_memory_bandwidth(resnet20, tmp_path):
+    _, _, graph, specs = resnet20
+    fake = FakeBackend()
+    table = build_table(specs, runner_factory=fake.factory, clock=fake.clock, cache_dir=tmp_path, progress=False,
+                        key=table_key("ort", 1, version="1.0", cpu="fake"), bandwidth_gb_s=0.5,
+                        min_time_s=0.0, min_rounds=3, max_rounds=3)
+    lm = LatencyModel(table, graph, specs)
+    compute = sum(fake.cost(s, s.in_channels, s.out_channels) for s in specs.values()) * 1e3
+    weights = sum(s.in_channels * s.out_channels * 9 * 4 for s in specs.values())  # every conv 3x3, float32
+    assert lm.predict() == pytest.approx(compute + weights / 0.5e6)  # 0.5 GB/s = 5e5 bytes per ms
+    # halving a layer's output channels halves its weight bytes (and the next conv's)
+    keep = np.ones(graph.n_gids, dtype=bool)
+    keep[graph.convs["layer1.0.conv1"].out_gids[8:]] = False
+    s1, s2 = specs["layer1.0.conv1"], specs["layer1.0.conv2"]
+    assert s1.weight_bytes(16, 8) == s1.weight_bytes(16, 16) // 2 == s2.weight_bytes(8, 16)
+    saved = (fake.cost(s1, 16, 16) - fake.cost(s1, 16, 8) + fake.cost(s2, 16, 16) - fake.cost(s2, 8, 16)) * 1e3
+    assert lm.predict(keep) == pytest.approx(lm.predict() - saved - 2 * s1.weight_bytes(16, 8) / 0.5e6)
+    # the bandwidth is cached with the table; simulated runners and no bandwidth: no memory term
+    again = _build(specs, FakeBackend(), tmp_path)
+    assert again.bandwidth_gb_s == 0.5
+    assert _build(specs, FakeBackend(), tmp_path / "fresh").bandwidth_gb_s is None
+
+
+def test_memory_bandwidth_is_measured_beyond_the_cache():
+    bandwidth = latency.memory_bandwidth(repeats=2)
+    assert 0.1 < bandwidth < 10_000  # GB/s: slower than any cache, faster than a disk
+    cache = latency.last_level_cache_bytes()
+    assert cache is None or 2**16 <= cache <= 2**32
 
 
 @pytest.fixture

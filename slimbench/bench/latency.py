@@ -34,7 +34,7 @@ from slimbench.core.inputs import ExampleInputs, as_example_inputs
 
 __all__ = ["Timing", "Backend", "BackendUnavailable", "BACKENDS", "register_backend", "get_backend",
            "available_backends", "require_backends", "backend_versions", "cpu_model",
-           "memory_bandwidth", "last_level_cache_bytes",
+           "last_level_cache_bytes",
            "environment", "batch_inputs", "torch_runner", "ort_runner", "openvino_runner", "make_runner", "measure",
            "time_models", "speedup", "speedup_iqr"]
 
@@ -124,10 +124,6 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-BUFFER_CACHES = 4  # the bandwidth buffer is this many last-level caches (at least MIN_BUFFER)
-MIN_BUFFER = 256 * 2**20
-
-
 def last_level_cache_bytes() -> int | None:
     """Size of the largest CPU cache (Linux sysfs), None where it cannot be read."""
     sizes = []
@@ -141,19 +137,6 @@ def last_level_cache_bytes() -> int | None:
         if digits.isdigit():
             sizes.append(int(digits) * unit)
     return max(sizes) if sizes else None
-
-
-def memory_bandwidth(repeats: int = 5) -> float:
-    """Read bandwidth from memory in GB/s: the fastest of ``repeats`` one-thread sums over a float32
-    buffer several times the last-level cache (so it cannot be served from the cache)."""
-    size = max(MIN_BUFFER, BUFFER_CACHES * (last_level_cache_bytes() or 0))
-    buffer = np.ones(size // 4, dtype=np.float32)
-    best = float("inf")
-    for _ in range(max(repeats, 1)):
-        started = time.perf_counter()
-        buffer.sum()
-        best = min(best, time.perf_counter() - started)
-    return buffer.nbytes / best / 1e9
 
 
 def _git(*args: str) -> str | None:

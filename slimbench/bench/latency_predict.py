@@ -1,41 +1,73 @@
-"""Whole-model latency predicted from a latency table: per-conv compute plus the weights' memory traffic.
+"""Whole-model latency predicted from a latency table: per-conv compute plus the weights' memory reads.
 
-A conv's cost in the whole model is ``table cost (cin, cout) + weight bytes / memory bandwidth``.
+A conv's cost in the whole model is ``table cost (cin, cout) + weight bytes / weight bandwidth``.
 
 Why the second term. The table times each conv alone, back to back, so its weights stay in the
-cache; in the whole model every layer's weights are read again on each inference, and once the
-model's weights outgrow the last-level cache they come from memory. Measured on vgg19 (CIFAR,
-onnxruntime, 1 thread, 32 MiB L3, 80 MB of weights unpruned): the whole model took 11.6 ms against
-8.3 ms of table sum; table sum + bytes / bandwidth said 11.5 ms, while max(table, bytes / bandwidth)
-said 8.5 ms. The additive form also held across pruned variants (network slimming 0.3 / 0.5 / 0.7 and
-the latency-aware widths: 0.94-1.23 of measured, against 1.27-2.52 for the table alone), because the
-latency-aware widths, which keep the late layers wide (8 MB of weights each at 2x2), were the ones the
-table alone under-predicted most. On resnet56 (3.4 MB of weights) the term is 5 % of the sum.
+core's cache; in the whole model every layer's weights are read again on each inference, from memory
+once the model's weights outgrow the caches. Measured on vgg19 (CIFAR, onnxruntime, 1 thread): the
+late 2x2 and 4x4 convs of pruned variants ran 1.5-5x their table cost in the whole model, and the
+excess was their weight bytes at 14-16 GB/s in every variant, down to 7 MB of weights in all (below
+the 32 MiB L3: on this shared machine weights read once per inference do not stay in it).
 
-``bandwidth`` is the table's (``LatencyTable.bandwidth_gb_s``, measured by ``latency.memory_bandwidth`` when
-the table is built: one thread summing a buffer several times the last-level cache; cached with the
-table). ``scale`` and ``constant`` absorb what a one-layer model cannot see (layout reorders at the
-model's edges, residual adds, pooling, the classifier): ``LatencyModel.calibrate`` fits them on
-whole-model runs (``slimbench.pruning.latency_model``).
+``weight_bandwidth`` measures that rate the backend's own way: a chain of 512->512 3x3 convs at 2x2
+whose weights are twice the last-level cache, timed interleaved with one such conv alone; the
+difference per layer is the time to read one layer's weights. It is measured when the table is built
+(``latency_table.build_table``) and cached with it. ``scale`` and ``constant`` absorb what a one-layer
+model cannot see (layout reorders at the model's edges, residual adds, pooling, the classifier):
+``LatencyModel.calibrate`` fits them on whole-model runs (``slimbench.pruning.latency_model``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
+from torch import nn
 
 from slimbench.analysis.graph import ChannelGraph
-from slimbench.bench.latency_table import LatencyTable, LayerSpec
+from slimbench.bench.latency import last_level_cache_bytes, make_runner, measure
 
-__all__ = ["LatencyModel"]
+if TYPE_CHECKING:
+    from slimbench.bench.latency_table import LatencyTable, LayerSpec
+
+__all__ = ["LatencyModel", "weight_bandwidth"]
+
+PROBE_CHANNELS = 512  # the bandwidth probe's conv: 512 -> 512, 3x3, 9.4 MB of float32 weights
+PROBE_LAYERS = (4, 16)  # at least / at most this many in the chain (twice the last-level cache between)
+
+
+def _conv_block(channels: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
+                         nn.ReLU())
+
+
+def weight_bandwidth(backend: str = "ort", threads: int = 1, **measure_options) -> float | None:
+    """GB/s at which ``backend`` reads conv weights that are not in the cache: bytes of one probe conv
+    over (chain time / layers - one conv's time); None when the chain costs no more per layer than
+    the conv alone (weights never wait on memory: no memory term)."""
+    layer_bytes = 4 * PROBE_CHANNELS * PROBE_CHANNELS * 9
+    cache = last_level_cache_bytes() or 32 * 2**20
+    layers = min(max(math.ceil(2 * cache / layer_bytes), PROBE_LAYERS[0]), PROBE_LAYERS[1])
+    torch.manual_seed(0)
+    x = (torch.randn(1, PROBE_CHANNELS, 2, 2),)
+    chain = nn.Sequential(*[_conv_block(PROBE_CHANNELS) for _ in range(layers)]).eval()
+    runners = {"chain": make_runner(backend, chain, x, threads=threads),
+               "one": make_runner(backend, _conv_block(PROBE_CHANNELS).eval(), x, threads=threads)}
+    options = {"min_time_s": 0.5, "min_rounds": 15, **measure_options}
+    timings = measure(runners, threads=threads, backend=backend, **options)
+    chain_ms, one_ms = (min(timings[k].samples_ms) for k in ("chain", "one"))
+    extra_ms = chain_ms / layers - one_ms
+    return layer_bytes / extra_ms / 1e6 if extra_ms > 0 else None
 
 
 @dataclass
 class LatencyModel:
     """Whole-model latency (ms): ``scale * sum(conv costs) + constant``, a conv's cost being its table
-    cost plus its weight bytes over the table's memory bandwidth."""
+    cost plus its weight bytes over the table's weight bandwidth (``LatencyTable.bandwidth_gb_s``)."""
 
     table: LatencyTable
     graph: ChannelGraph
@@ -51,7 +83,7 @@ class LatencyModel:
         cost = self.table.cost(spec, cin, cout)
         bandwidth = self.table.bandwidth_gb_s
         if bandwidth:
-            cost += spec.weight_bytes(cin, cout) / (bandwidth * 1e6)  # GB/s -> bytes per ms
+            cost += spec.weight_bytes(cin, cout) / (bandwidth * 1e6)  # GB/s = 1e6 bytes per ms
         return cost
 
     def widths(self, name: str, keep_gid: np.ndarray) -> tuple[int, int]:

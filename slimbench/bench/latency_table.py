@@ -45,7 +45,8 @@ import torch
 from torch import nn
 
 from slimbench.analysis.graph import ChannelGraph
-from slimbench.bench.latency import cpu_model, get_backend, make_runner, measure, memory_bandwidth
+from slimbench.bench.latency import cpu_model, get_backend, make_runner, measure
+from slimbench.bench.latency_predict import weight_bandwidth
 from slimbench.core.atomic import atomic_write_text
 
 __all__ = ["fastest", "LayerSpec", "LatencyTable", "layer_specs", "build_table", "table_key", "step_ends",
@@ -182,7 +183,7 @@ class LatencyTable:
 
     key: dict
     entries: dict[str, dict] = field(default_factory=dict)
-    bandwidth_gb_s: float | None = None  # memory read bandwidth (latency_predict); None: no memory term
+    bandwidth_gb_s: float | None = None  # conv weights read from memory (latency_predict); None: no such term
     build_seconds: float = 0.0
     measured_points: int = 0
     cached_shapes: int = 0  # layer shapes of the last build_table read from the cache (the rest were measured)
@@ -250,7 +251,7 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
     passed to ``measure`` (tests inject simulated time). ``cache_dir=None``: ``default_cache_dir()``;
     ``cache_dir=False``: no cache. ``key``: the cache key (default ``table_key(backend, threads)``).
     ``bandwidth_gb_s``: the memory bandwidth the predictor charges weight reads at (``latency_predict``);
-    default: the cached table's, else measured (``latency.memory_bandwidth``), except under an injected
+    default: the cached table's, else measured (``latency_predict.weight_bandwidth``), except under an injected
     ``runner_factory`` (simulated costs), where there is no memory term unless one is given.
     """
     started = time.perf_counter()
@@ -268,7 +269,7 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
     if bandwidth_gb_s is not None:
         table.bandwidth_gb_s = float(bandwidth_gb_s)
     elif table.bandwidth_gb_s is None and runner_factory is None:
-        table.bandwidth_gb_s, measured_bandwidth = memory_bandwidth(), True
+        table.bandwidth_gb_s, measured_bandwidth = weight_bandwidth(backend, threads, **measure_options), True
     missing = [s for k, s in unique.items() if k not in table.entries]
     table.cached_shapes = len(unique) - len(missing)
     if missing:

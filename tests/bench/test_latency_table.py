@@ -11,7 +11,7 @@ import torch
 import slimbench
 from slimbench.analysis.graph import build_graph
 from slimbench.bench import latency
-from slimbench.bench.latency_predict import LatencyModel
+from slimbench.bench.latency_predict import LatencyModel, weight_bandwidth
 from slimbench.bench.latency_table import (
     LatencyTable,
     build_table,
@@ -165,9 +165,26 @@ def test_weight_reads_are_charged_at_the_tables_memory_bandwidth(resnet20, tmp_p
     assert _build(specs, FakeBackend(), tmp_path / "fresh").bandwidth_gb_s is None
 
 
-def test_memory_bandwidth_is_measured_beyond_the_cache():
-    bandwidth = latency.memory_bandwidth(repeats=2)
-    assert 0.1 < bandwidth < 10_000  # GB/s: slower than any cache, faster than a disk
+def test_weight_bandwidth_is_one_layers_bytes_over_what_the_chain_adds_per_layer(monkeypatch):
+    now = [0.0]
+    compute_ms, read_ms = 0.2, 0.5  # per conv: its compute, and reading its weights when not cached
+
+    def factory(model, inputs, threads):
+        convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+        seconds = (compute_ms * convs + (read_ms * convs if convs > 1 else 0.0)) / 1e3
+
+        def run():
+            now[0] += seconds
+        return run
+
+    monkeypatch.setitem(latency.BACKENDS, "fake", latency.Backend("fake", "fake", factory))
+    bandwidth = weight_bandwidth("fake", clock=lambda: now[0], min_time_s=0.0, min_rounds=3, max_rounds=3)
+    assert bandwidth == pytest.approx(4 * 512 * 512 * 9 / read_ms / 1e6)  # GB/s
+
+
+def test_weight_bandwidth_on_onnxruntime_is_a_memory_rate():
+    bandwidth = weight_bandwidth("ort", min_time_s=0.05, min_rounds=5)
+    assert bandwidth is None or 0.5 < bandwidth < 1000  # GB/s: slower than a core's cache, faster than a disk
     cache = latency.last_level_cache_bytes()
     assert cache is None or 2**16 <= cache <= 2**32
 

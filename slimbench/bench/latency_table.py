@@ -316,9 +316,10 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
             full = times[(spec.key, spec.in_channels, spec.out_channels)]
             out = [[w, times[(spec.key, w if spec.depthwise else spec.in_channels, w)]]
                    for w in _grid(spec.out_channels, step)]
-            inn = [[w, times[(spec.key, w, spec.out_channels)] if w != spec.in_channels else full]
-                   for w in _grid(spec.in_channels, step, False)]
-            table.entries[spec.key] = {"step": step, "out": out, "in": out if spec.depthwise else inn}
+            inn = out if spec.depthwise else [
+                [w, times[(spec.key, w, spec.out_channels)] if w != spec.in_channels else full]
+                for w in _grid(spec.in_channels, step, False)]
+            table.entries[spec.key] = {"step": step, "out": out, "in": inn}
             corner = (_grid(spec.in_channels, step, False)[0], _grid(spec.out_channels, step)[0])
             if not spec.depthwise and corner != (spec.in_channels, spec.out_channels):
                 table.entries[spec.key]["corner"] = times[(spec.key, *corner)]

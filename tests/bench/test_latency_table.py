@@ -104,6 +104,22 @@ def test_a_width_independent_overhead_is_separated_by_the_corner_sample(resnet20
         assert table.cost(spec, cin, cout) == pytest.approx(fake.cost(spec, cin, cout) * 1e3, rel=1e-6)
 
 
+def test_depthwise_convs_wider_than_a_block_get_one_curve(tmp_path):
+    from torchvision.models import mobilenet_v2
+
+    model = randomize_bn(mobilenet_v2(num_classes=10), seed=0).eval()
+    x = torch.randn(1, 3, 32, 32)
+    specs = layer_specs(model, (x,), build_graph(model, (x,)))
+    depthwise = [s for s in specs.values() if s.depthwise and s.out_channels > 16]
+    assert depthwise, "mobilenet_v2 has depthwise convs of 32..960 channels"
+    fake = FakeBackend(16)
+    table = _build(specs, fake, tmp_path)
+    for spec in depthwise:
+        entry = table.entries[spec.key]
+        assert entry["in"] == entry["out"] and "corner" not in entry
+        assert table.cost(spec, 20, 20) == pytest.approx(fake.cost(spec, 32, 32) * 1e3, rel=1e-6)  # 20 -> 2 blocks
+
+
 def test_probe_picks_16_and_4(resnet20, tmp_path):
     *_, specs = resnet20
     for step in (16, 4):

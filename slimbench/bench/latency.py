@@ -34,7 +34,7 @@ from slimbench.core.inputs import ExampleInputs, as_example_inputs
 
 __all__ = ["Timing", "Backend", "BackendUnavailable", "BACKENDS", "register_backend", "get_backend",
            "available_backends", "require_backends", "backend_versions", "cpu_model",
-           "last_level_cache_bytes",
+           "last_level_cache_bytes", "weight_bandwidth",
            "environment", "batch_inputs", "torch_runner", "ort_runner", "openvino_runner", "make_runner", "measure",
            "time_models", "speedup", "speedup_iqr"]
 
@@ -137,6 +137,34 @@ def last_level_cache_bytes() -> int | None:
         if digits.isdigit():
             sizes.append(int(digits) * unit)
     return max(sizes) if sizes else None
+
+
+PROBE_CHANNELS = 512  # the bandwidth probe's conv: 512 -> 512, 3x3, 9.4 MB of float32 weights
+PROBE_LAYERS = (4, 16)  # at least / at most this many in the chain (twice the last-level cache between)
+
+
+def _conv_block(channels: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
+                         nn.ReLU())
+
+
+def weight_bandwidth(backend: str = "ort", threads: int = 1, **measure_options) -> float | None:
+    """GB/s at which ``backend`` reads conv weights that are not in the cache: bytes of one probe conv
+    over (chain time / layers - one conv's time); None when the chain costs no more per layer than
+    the conv alone (weights never wait on memory: no memory term)."""
+    layer_bytes = 4 * PROBE_CHANNELS * PROBE_CHANNELS * 9
+    cache = last_level_cache_bytes() or 32 * 2**20
+    layers = min(max(math.ceil(2 * cache / layer_bytes), PROBE_LAYERS[0]), PROBE_LAYERS[1])
+    torch.manual_seed(0)
+    x = (torch.randn(1, PROBE_CHANNELS, 2, 2),)
+    chain = nn.Sequential(*[_conv_block(PROBE_CHANNELS) for _ in range(layers)]).eval()
+    runners = {"chain": make_runner(backend, chain, x, threads=threads),
+               "one": make_runner(backend, _conv_block(PROBE_CHANNELS).eval(), x, threads=threads)}
+    options = {"min_time_s": 0.5, "min_rounds": 15, **measure_options}
+    timings = measure(runners, threads=threads, backend=backend, **options)
+    chain_ms, one_ms = (min(timings[k].samples_ms) for k in ("chain", "one"))
+    extra_ms = chain_ms / layers - one_ms
+    return layer_bytes / extra_ms / 1e6 if extra_ms > 0 else None
 
 
 def _git(*args: str) -> str | None:

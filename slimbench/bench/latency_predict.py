@@ -9,7 +9,7 @@ late 2x2 and 4x4 convs of pruned variants ran 1.5-5x their table cost in the who
 excess was their weight bytes at 14-16 GB/s in every variant, down to 7 MB of weights in all (below
 the 32 MiB L3: on this shared machine weights read once per inference do not stay in it).
 
-``weight_bandwidth`` measures that rate the backend's own way: a chain of 512->512 3x3 convs at 2x2
+``latency.weight_bandwidth`` measures that rate the backend's own way: a chain of 512->512 3x3 convs at 2x2
 whose weights are twice the last-level cache, timed interleaved with one such conv alone; the
 difference per layer is the time to read one layer's weights. It is measured when the table is built
 (``latency_table.build_table``) and cached with it. ``scale`` and ``constant`` absorb what a one-layer
@@ -19,50 +19,15 @@ model cannot see (layout reorders at the model's edges, residual adds, pooling, 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from slimbench.analysis.graph import ChannelGraph
-from slimbench.bench.latency import last_level_cache_bytes, make_runner, measure
+from slimbench.bench.latency_table import LatencyTable, LayerSpec
 
-if TYPE_CHECKING:
-    from slimbench.bench.latency_table import LatencyTable, LayerSpec
-
-__all__ = ["LatencyModel", "weight_bandwidth"]
-
-PROBE_CHANNELS = 512  # the bandwidth probe's conv: 512 -> 512, 3x3, 9.4 MB of float32 weights
-PROBE_LAYERS = (4, 16)  # at least / at most this many in the chain (twice the last-level cache between)
-
-
-def _conv_block(channels: int) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
-                         nn.ReLU())
-
-
-def weight_bandwidth(backend: str = "ort", threads: int = 1, **measure_options) -> float | None:
-    """GB/s at which ``backend`` reads conv weights that are not in the cache: bytes of one probe conv
-    over (chain time / layers - one conv's time); None when the chain costs no more per layer than
-    the conv alone (weights never wait on memory: no memory term)."""
-    layer_bytes = 4 * PROBE_CHANNELS * PROBE_CHANNELS * 9
-    cache = last_level_cache_bytes() or 32 * 2**20
-    layers = min(max(math.ceil(2 * cache / layer_bytes), PROBE_LAYERS[0]), PROBE_LAYERS[1])
-    torch.manual_seed(0)
-    x = (torch.randn(1, PROBE_CHANNELS, 2, 2),)
-    chain = nn.Sequential(*[_conv_block(PROBE_CHANNELS) for _ in range(layers)]).eval()
-    runners = {"chain": make_runner(backend, chain, x, threads=threads),
-               "one": make_runner(backend, _conv_block(PROBE_CHANNELS).eval(), x, threads=threads)}
-    options = {"min_time_s": 0.5, "min_rounds": 15, **measure_options}
-    timings = measure(runners, threads=threads, backend=backend, **options)
-    chain_ms, one_ms = (min(timings[k].samples_ms) for k in ("chain", "one"))
-    extra_ms = chain_ms / layers - one_ms
-    return layer_bytes / extra_ms / 1e6 if extra_ms > 0 else None
-
+__all__ = ["LatencyModel"]
 
 @dataclass
 class LatencyModel:

@@ -45,8 +45,7 @@ import torch
 from torch import nn
 
 from slimbench.analysis.graph import ChannelGraph
-from slimbench.bench.latency import cpu_model, get_backend, make_runner, measure
-from slimbench.bench.latency_predict import weight_bandwidth
+from slimbench.bench.latency import cpu_model, get_backend, make_runner, measure, weight_bandwidth
 from slimbench.core.atomic import atomic_write_text
 
 __all__ = ["fastest", "LayerSpec", "LatencyTable", "layer_specs", "build_table", "table_key", "step_ends",
@@ -251,7 +250,7 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
     passed to ``measure`` (tests inject simulated time). ``cache_dir=None``: ``default_cache_dir()``;
     ``cache_dir=False``: no cache. ``key``: the cache key (default ``table_key(backend, threads)``).
     ``bandwidth_gb_s``: the memory bandwidth the predictor charges weight reads at (``latency_predict``);
-    default: the cached table's, else measured (``latency_predict.weight_bandwidth``), except under an injected
+    default: the cached table's, else measured (``latency.weight_bandwidth``), except under an injected
     ``runner_factory`` (simulated costs), where there is no memory term unless one is given.
     """
     started = time.perf_counter()

@@ -11,7 +11,8 @@ import torch
 import slimbench
 from slimbench.analysis.graph import build_graph
 from slimbench.bench import latency
-from slimbench.bench.latency_predict import LatencyModel, weight_bandwidth
+from slimbench.bench.latency import weight_bandwidth
+from slimbench.bench.latency_predict import LatencyModel
 from slimbench.bench.latency_table import (
     LatencyTable,
     build_table,

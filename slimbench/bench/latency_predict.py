@@ -29,6 +29,7 @@ from slimbench.bench.latency_table import LatencyTable, LayerSpec
 
 __all__ = ["LatencyModel"]
 
+
 @dataclass
 class LatencyModel:
     """Whole-model latency (ms): ``scale * sum(conv costs) + constant``, a conv's cost being its table

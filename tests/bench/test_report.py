@@ -283,3 +283,17 @@ def test_default_report_latency_aware_widths_match_round_to_8_at_equal_latency()
     # the digits test split is 450 images: one image (1/450 = 0.22 %) is the granularity of accuracy, and two
     # fine-tunes of differently pruned models may flip a single image either way, so one image is tolerated
     assert aware["accuracy"] >= rounded["accuracy"] - 1 / 450 - 1e-9, (aware, rounded)
+
+
+def test_the_caption_says_when_the_latency_aware_plan_missed_round8s_latency():
+    from types import SimpleNamespace
+
+    from slimbench.bench.report import _latency_note
+
+    table = {"from_cache": True, "backend": "ort", "threads": 1, "batch": 1}
+    plan = SimpleNamespace(options={"latency": {"table": table}})
+    matched = {"reference": "vgg19/network_slimming+round8/0.5", "target_latency": 0.22, "measured_ratio": 0.23}
+    assert "MISSED" not in _latency_note("vgg19", plan, matched)
+    note = _latency_note("vgg19", plan, {**matched, "measured_ratio": 0.107})
+    assert "planned to the latency of network_slimming+round8 at 0.5 (target_latency 0.220" in note
+    assert "measured 0.107 when planned: MISSED by more than 0.03, the two rows are not at equal latency" in note

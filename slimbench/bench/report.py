@@ -25,7 +25,14 @@ from tqdm import tqdm
 
 from slimbench.analysis.graph import DEFAULT_RESIDUAL
 from slimbench.bench.latency import environment, require_backends, speedup, speedup_iqr, time_models
-from slimbench.bench.variants import DEFAULT_RATIOS, METHODS, apply_variant, count_model, variants_for
+from slimbench.bench.variants import (
+    DEFAULT_RATIOS,
+    METHODS,
+    apply_variant,
+    count_model,
+    latency_reference,
+    variants_for,
+)
 from slimbench.pruning.options import check_latency_settings
 from slimbench.pruning.plan import PruningPlan
 
@@ -55,7 +62,9 @@ class ReportSettings:
     round_to: int = 1
     seed: int = 0
     progress: bool = True
-    latency_aware: bool = False  # one more row per model: network slimming, latency-aware widths, middle ratio
+    # per model, at the middle ratio: network slimming round_to=8, and network slimming with latency-aware widths
+    # planned to that model's measured latency (the equal-latency comparison of issue 14)
+    latency_aware: bool = False
     latency_table_timing: dict | None = None  # measure() options of its latency table, only to shorten it (tests)
 
     def run_record(self) -> dict:
@@ -70,8 +79,9 @@ class ReportSettings:
                 **({"latency_table_timing": dict(self.latency_table_timing)} if self.latency_table_timing else {})}
 
     def latency_options(self) -> dict:
-        """Plan options of the latency-aware row: its table is measured on the report's latency backend,
-        batch and threads, cached under the default cache dir (``$SLIMBENCH_CACHE``)."""
+        """Latency settings of the latency-aware row: its table is measured on the report's latency backend,
+        batch and threads, cached under the default cache dir (``$SLIMBENCH_CACHE``); the report builds
+        the (calibrated) latency model from them once per model."""
         settings = {"backend": latency_backend(self.backends), "threads": self.threads, "batch": self.batch_size,
                     "progress": self.progress}
         if self.latency_table_timing:
@@ -177,7 +187,7 @@ def _timed(rows: list[dict], timings: dict, base_case: str) -> None:
             row[f"speedup_{backend}_iqr"] = speedup_iqr(ref, t)
 
 
-def _report_model(name: str, s: ReportSettings, bar) -> tuple[list[dict], np.ndarray, dict, list[str], dict]:
+def _report_model(name: str, s: ReportSettings, bar) -> tuple[list[dict], np.ndarray, dict, list[str], dict, dict]:
     from slimbench.data import parse_data_option
     from slimbench.training.loop import evaluate, finetune
 
@@ -187,20 +197,24 @@ def _report_model(name: str, s: ReportSettings, bar) -> tuple[list[dict], np.nda
     model, info, train_loader, test_loader, size = _prepare(name, s, dataset, root, notes)
     untrained = not s.checkpoint and s.epochs == 0
     x = torch.randn(1, *info.input_shape, generator=torch.Generator().manual_seed(s.seed))
-    rows, models, thresholds, plans = [], {}, {}, {}
+    rows, models, thresholds, plans, matched = [], {}, {}, {}, {}
     for variant in variants_for(info.residual, ratios=s.ratios, methods=s.methods, round_to=s.round_to,
                                 latency_aware=s.latency_aware):
         aware = variant.widths == "latency"
         bar.set_description(f"{name}: {variant.label} {variant.ratio:g}"
                             + (f" (latency model on {latency_backend(s.backends)})" if aware else ""))
-        pruned, plan = apply_variant(model, x, variant, s.latency_options() if aware else None)
+        options = None
+        if aware:
+            options, matched = _equal_latency_options(name, model, x, s, plans, variant.ratio)
+        pruned, plan = apply_variant(model, x, variant, options)
         if plan is not None and variant.method == "network_slimming" and variant.residual == DEFAULT_RESIDUAL \
-                and variant.branches == "keep" and not aware:
+                and variant.branches == "keep" and variant.round_to == s.round_to and not aware:
             thresholds[variant.ratio] = _threshold(model, plan)
         if plan is not None:
             plans[variant.key(name)] = getattr(pruned, "slimbench_plan", plan)  # as verified by prune
         if aware:
-            notes.append(_latency_note(name, plans[variant.key(name)]))
+            matched.update(_planned(plans[variant.key(name)]))
+            notes.append(_latency_note(name, plans[variant.key(name)], matched))
         if s.finetune_steps and variant.method != "unpruned":
             finetune(pruned, train_loader, epochs=1, steps_per_epoch=s.finetune_steps, lr=s.finetune_lr,
                      milestones=(1.0,), progress=False, seed=s.seed)
@@ -221,24 +235,58 @@ def _report_model(name: str, s: ReportSettings, bar) -> tuple[list[dict], np.nda
                      f"lr {s.finetune_lr:g}) before evaluation")
     notes.append(f"{name}: params/MACs/latency at {'x'.join(map(str, info.input_shape))}, batch {s.batch_size}, "
                  f"{s.threads} thread(s); accuracy on the {dataset} test split")
-    return rows, _gammas(model), {r: t for r, t in thresholds.items() if t is not None}, notes, plans
+    return (rows, _gammas(model), {r: t for r, t in thresholds.items() if t is not None}, notes, plans,
+            {name: matched} if matched else {})
 
 
-def _latency_note(name: str, plan: PruningPlan) -> str:
+def _equal_latency_options(name: str, model: nn.Module, x: torch.Tensor, s: ReportSettings,
+                           plans: dict[str, PruningPlan], ratio: float) -> tuple[dict, dict]:
+    """Plan options of the latency-aware row, and what it is matched to: ``target_latency`` = the
+    measured latency fraction (pruned / unpruned, interleaved, fastest samples) of network slimming
+    ``round_to=8`` at ``ratio`` (planned before it), on the report's latency backend, batch and threads.
+    One calibrated latency model serves both that measurement and the plan's search and real checks."""
+    from slimbench.pruning.latency_model import latency_model
+
+    reference = latency_reference([ratio]).key(name)
+    settings = {k: v for k, v in s.latency_options()["latency"].items() if k != "calibrate"}
+    lm = latency_model(model, x, calibrate=True, **settings)
+    target = float(lm.measure_fn(plans[reference]))
+    matched = {"reference": reference, "reference_measured_ratio": target, "target_latency": min(target, 1.0)}
+    return {"target_latency": matched["target_latency"], "latency": lm}, matched
+
+
+def _planned(plan: PruningPlan) -> dict:
+    """What the latency-aware plan's search ended at (measured against the unpruned model when planned)."""
+    info = plan.options["latency"]
+    return {"goal_fraction": info.get("goal_fraction"), "predicted_ratio": info.get("predicted_ratio"),
+            "measured_ratio": info.get("measured_ratio")}
+
+
+def _latency_note(name: str, plan: PruningPlan, matched: dict) -> str:
     t = plan.options["latency"]["table"]
     how = ("read from the cache" if t["from_cache"] else
            f"built in {t['build_s']:.1f} s ({t['measured_points']} points timed, {t['cached_shapes']} of "
            f"{t['shapes']} layer shapes from the cache)")
-    return (f"{name}: +latency-widths = network slimming with every layer at the end of a measured latency step "
-            f"({t['backend']}, {t['threads']} thread(s), batch {t['batch']}; layer table {how})")
+    from slimbench.pruning.latency_aware import TOLERANCE
+
+    reference = matched["reference"].split("/", 1)[1].replace("/", " at ")
+    missed = abs(matched["measured_ratio"] - matched["target_latency"]) > TOLERANCE
+    return (f"{name}: +latency-widths = network slimming with every layer at the end of a measured latency step, "
+            f"planned to the latency of {reference} (target_latency {matched['target_latency']:.3f} of the "
+            f"unpruned model, measured; the plan measured {matched['measured_ratio']:.3f} when planned"
+            + (f": MISSED by more than {TOLERANCE:g}, the two rows are not at equal latency" if missed else "")
+            + f") ({t['backend']}, {t['threads']} thread(s), batch {t['batch']}; layer table {how})")
 
 
-def _latency_tables(rows: list[dict], plans: dict[str, PruningPlan]) -> dict[str, dict]:
-    """model -> the latency table behind its latency-aware row (run record): key, build time, cache use."""
+def _latency_tables(rows: list[dict], plans: dict[str, PruningPlan], matched: dict[str, dict]) -> dict[str, dict]:
+    """model -> the latency table behind its latency-aware row (run record): key, build time, cache use,
+    and the equal-latency match (``equal_latency``: reference case, its measured fraction, the target,
+    and the goal, predicted and measured fractions the plan ended at)."""
     aware = {r["model"]: plans[r["case"]].options["latency"] for r in rows
              if r["case"] in plans and plans[r["case"]].options.get("widths") == "latency"}
-    return {model: {**info["table"], "predicted_ratio": info.get("predicted_ratio"),
-                    "predicted_calibrated": info.get("calibrated")} for model, info in aware.items()}
+    return {model: {**info["table"], "predicted_ratio": info.get("predicted_ratio"), "predicted_calibrated": True,
+                    **({"equal_latency": matched[model]} if model in matched else {})}
+            for model, info in aware.items()}
 
 
 def _check(settings: ReportSettings) -> str:
@@ -267,19 +315,22 @@ def build_report(settings: ReportSettings) -> Report:
     start = time.perf_counter()
     dataset = _check(settings)
     total = sum(len(variants_for(_info(n, dataset).residual, ratios=settings.ratios, methods=settings.methods,
-                                 latency_aware=settings.latency_aware)) for n in settings.models)
-    rows, gammas, thresholds, notes, plans = [], {}, {}, [], {}
+                                 round_to=settings.round_to, latency_aware=settings.latency_aware))
+                for n in settings.models)
+    rows, gammas, thresholds, notes, plans, matched = [], {}, {}, [], {}, {}
     with tqdm(total=total, disable=not settings.progress, file=sys.stderr, unit="variant") as bar:
         for name in settings.models:
-            model_rows, gammas[name], thresholds[name], model_notes, model_plans = _report_model(name, settings, bar)
+            model_rows, gammas[name], thresholds[name], model_notes, model_plans, model_matched = \
+                _report_model(name, settings, bar)
             rows += model_rows
             notes += model_notes
             plans.update(model_plans)
+            matched.update(model_matched)
     counting = ("MACs = conv+linear multiply-accumulates" if rows and rows[0]["flops"] is not None
                 else "MACs = conv+linear multiply-accumulates (torch FlopCounterMode); FLOPs need thop_ext")
     caption = "; ".join([*notes, counting, "speedup = unpruned median / pruned median, measured interleaved, "
                          "(IQR) = spread of the per-round speedups"])
     run = {"settings": settings.run_record(), "environment": environment(settings.threads)}
     if settings.latency_aware:
-        run["latency_tables"] = _latency_tables(rows, plans)
+        run["latency_tables"] = _latency_tables(rows, plans, matched)
     return Report(rows, caption, gammas, time.perf_counter() - start, run, thresholds, plans)

@@ -18,8 +18,8 @@ import slimbench
 from slimbench.analysis.graph import DEFAULT_RESIDUAL
 from slimbench.core.inputs import ExampleInputs
 
-__all__ = ["Variant", "UNPRUNED", "METHODS", "DEFAULT_RATIOS", "variants_for", "apply_variant", "param_count",
-           "count_model"]
+__all__ = ["Variant", "UNPRUNED", "METHODS", "DEFAULT_RATIOS", "variants_for", "latency_reference", "apply_variant",
+           "param_count", "count_model"]
 
 METHODS = ("network_slimming", "optimal_thresholding")
 DEFAULT_RATIOS = (0.3, 0.5, 0.7)
@@ -36,6 +36,9 @@ class Variant:
     branches: str = "keep"
     round_to: int = 1
     widths: str = "channels"  # "latency": latency-aware widths (slimbench.pruning.latency_aware)
+    # "ratio": ``ratio`` sets the amount; "latency": the caller passes ``target_latency`` (the report: the
+    # measured latency fraction of network slimming round_to=8 at ``ratio``, so both rows run equally fast)
+    budget: str = "ratio"
 
     @property
     def label(self) -> str:
@@ -52,6 +55,8 @@ class Variant:
     def plan_options(self) -> dict:
         options = dict(method=self.method, ratio=self.ratio, residual=self.residual, branches=self.branches,
                        round_to=self.round_to)
+        if self.budget == "latency":
+            del options["ratio"]
         return options if self.widths == "channels" else {**options, "widths": self.widths, "round_to": 1}
 
 
@@ -62,8 +67,11 @@ def variants_for(residual: str, *, ratios: Sequence[float] = DEFAULT_RATIOS, met
                  extras: bool = True, round_to: int = 1, latency_aware: bool = False) -> list[Variant]:
     """The unpruned model, every method x ratio, and the network-slimming variants that the model's
     residual style (``ModelInfo.residual``: "none", "post-activation", "pre-activation") adds;
-    ``latency_aware``: one more row, network slimming at the middle ratio with latency-aware widths
-    (it measures a latency table on this machine, so counts are not fixed baselines)."""
+    ``latency_aware``: the equal-latency pair at the middle ratio: network slimming with ``round_to=8``
+    (unless ``round_to`` is 8 and network slimming is in ``methods``: that row is already there) and
+    network slimming with latency-aware widths planned to that model's measured latency
+    (``budget="latency"``: ``apply_variant`` needs ``target_latency``; it measures a latency table on
+    this machine, so counts are not fixed baselines)."""
     if residual not in _RESIDUAL_EXTRAS:
         raise ValueError(f"unknown residual style {residual!r}; choose from {', '.join(_RESIDUAL_EXTRAS)} "
                          "(pass slimbench.models.model_info(name).residual)")
@@ -75,8 +83,17 @@ def variants_for(residual: str, *, ratios: Sequence[float] = DEFAULT_RATIOS, met
     if extras and extra:
         out += [Variant("network_slimming", r, round_to=round_to, **extra) for r in ratios]
     if latency_aware:
-        out.append(Variant("network_slimming", sorted(ratios)[len(ratios) // 2], widths="latency"))
+        middle = latency_reference(ratios)
+        if middle not in out:
+            out.append(middle)
+        out.append(Variant("network_slimming", middle.ratio, widths="latency", budget="latency"))
     return out
+
+
+def latency_reference(ratios: Sequence[float]) -> Variant:
+    """The row the latency-aware row is matched to in latency: network slimming, ``round_to=8``, at the
+    middle of ``ratios``."""
+    return Variant("network_slimming", sorted(ratios)[len(ratios) // 2], round_to=8)
 
 
 def apply_variant(model: nn.Module, example_inputs: ExampleInputs, variant: Variant,
@@ -86,6 +103,8 @@ def apply_variant(model: nn.Module, example_inputs: ExampleInputs, variant: Vari
     for a latency-aware variant (where and how its latency table is measured)."""
     if variant.method == "unpruned":
         return model, None
+    if variant.budget == "latency" and (options or {}).get("target_latency") is None:
+        raise ValueError(f"{variant.label} is planned to a latency: pass options={{'target_latency': ...}}")
     with warnings.catch_warnings():
         # "gamma cannot rank channels" is expected on untrained models; the report says how gamma was made.
         warnings.simplefilter("ignore", UserWarning)

@@ -41,9 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-time", type=float, default=d.latency_time, help="seconds of timing per model")
     parser.add_argument("--round-to", type=int, default=d.round_to, help="keep channel counts multiples of N")
     parser.add_argument("--latency-aware", action="store_true",
-                        help="add a row per model: network slimming at the middle ratio with latency-aware widths, "
-                             "planned on ort (else the first of --backends) at --batch-size and --threads; the "
-                             "first run per model/backend/threads measures a layer table (cached)")
+                        help="compare at equal latency, per model at the middle ratio: network slimming "
+                             "round_to=8, and network slimming with latency-aware widths planned to that model's "
+                             "measured latency (target_latency), on ort (else the first of --backends) at "
+                             "--batch-size and --threads; the first run per model/backend/threads measures a layer "
+                             "table (cached)")
     parser.add_argument("--seed", type=int, default=d.seed, help="seed of training, fine-tuning and inputs")
     parser.add_argument("--format", default="table", choices=list(FORMATS))
     parser.add_argument("-o", "--output", help="write the report here (atomically) instead of stdout")

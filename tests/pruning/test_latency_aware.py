@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import slimbench
-from slimbench.bench.variants import variants_for
+from slimbench.bench.variants import apply_variant, latency_reference, variants_for
 from tests.helpers import randomize_bn
 from tests.nets import cbr
 
@@ -33,14 +33,27 @@ def test_plan_builds_a_latency_model_times_the_pruned_model_and_leaves_the_model
     g.prune(aware)
 
 
-def test_variants_offer_one_latency_aware_row_on_request():
+def test_variants_offer_the_equal_latency_pair_on_request():
+    """network slimming round_to=8 at the middle ratio, and latency-aware widths planned to its latency;
+    with round_to=8 already asked for, its own row at the middle ratio is the reference (no duplicate)."""
     plain = variants_for("none", ratios=(0.3, 0.5, 0.7))
     assert all(v.widths == "channels" for v in plain)
-    extra = variants_for("none", ratios=(0.3, 0.5, 0.7), latency_aware=True)
-    assert len(extra) == len(plain) + 1
-    row = extra[-1]
-    assert (row.ratio, row.label) == (0.5, "network_slimming+latency-widths")
-    assert row.plan_options()["widths"] == "latency" and "widths" not in plain[1].plan_options()
+    extra = variants_for("none", ratios=(0.7, 0.3, 0.5), latency_aware=True)
+    assert len(extra) == len(plain) + 2
+    reference, row = extra[-2:]
+    assert reference == latency_reference((0.3, 0.5, 0.7))
+    assert (reference.label, reference.ratio, reference.plan_options()["round_to"]) == ("network_slimming+round8",
+                                                                                       0.5, 8)
+    assert (row.ratio, row.label, row.budget) == (0.5, "network_slimming+latency-widths", "latency")
+    options = row.plan_options()
+    assert options["widths"] == "latency" and "ratio" not in options and "widths" not in plain[1].plan_options()
+    with pytest.raises(ValueError, match="target_latency"):
+        apply_variant(_tiny(), torch.randn(1, 3, 16, 16), row)
+    rounded = variants_for("none", ratios=(0.3, 0.5, 0.7), round_to=8)
+    both = variants_for("none", ratios=(0.3, 0.5, 0.7), round_to=8, latency_aware=True)
+    assert both == [*rounded, row] and reference in rounded
+    no_ns = variants_for("none", ratios=(0.5,), methods=("optimal_thresholding",), round_to=8, latency_aware=True)
+    assert no_ns[-2:] == [latency_reference((0.5,)), row]
 
 
 QUICK = {"min_time_s": 0.0, "min_rounds": 3, "sample_ms": 0.2}  # a table in about a second: tests only

@@ -182,7 +182,7 @@ class LatencyTable:
 
     key: dict
     entries: dict[str, dict] = field(default_factory=dict)
-    bandwidth_gb_s: float | None = None  # conv weights read from memory (latency_predict); None: no such term
+    bandwidth_gb_s: float | None = None  # conv weights read from memory (latency_predict); None or 0: no such term
     build_seconds: float = 0.0
     measured_points: int = 0
     cached_shapes: int = 0  # layer shapes of the last build_table read from the cache (the rest were measured)
@@ -268,7 +268,9 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
     if bandwidth_gb_s is not None:
         table.bandwidth_gb_s = float(bandwidth_gb_s)
     elif table.bandwidth_gb_s is None and runner_factory is None:
-        table.bandwidth_gb_s, measured_bandwidth = weight_bandwidth(backend, threads, **measure_options), True
+        # 0.0: measured, and weights never waited on memory (no memory term; not measured again)
+        table.bandwidth_gb_s = weight_bandwidth(backend, threads, **measure_options) or 0.0
+        measured_bandwidth = True
     missing = [s for k, s in unique.items() if k not in table.entries]
     table.cached_shapes = len(unique) - len(missing)
     if missing:

@@ -267,14 +267,14 @@ def _latency_note(name: str, plan: PruningPlan, matched: dict) -> str:
     how = ("read from the cache" if t["from_cache"] else
            f"built in {t['build_s']:.1f} s ({t['measured_points']} points timed, {t['cached_shapes']} of "
            f"{t['shapes']} layer shapes from the cache)")
-    from slimbench.pruning.latency_aware import TOLERANCE
+    from slimbench.pruning.latency_aware import TOLERANCE, landed
 
     reference = matched["reference"].split("/", 1)[1].replace("/", " at ")
-    missed = abs(matched["measured_ratio"] - matched["target_latency"]) > TOLERANCE
+    missed = not landed(matched["measured_ratio"], matched["target_latency"])
     return (f"{name}: +latency-widths = network slimming with every layer at the end of a measured latency step, "
             f"planned to the latency of {reference} (target_latency {matched['target_latency']:.3f} of the "
             f"unpruned model, measured; the plan measured {matched['measured_ratio']:.3f} when planned"
-            + (f": MISSED by more than {TOLERANCE:g}, the two rows are not at equal latency" if missed else "")
+            + (f": MISSED by more than {TOLERANCE:.0%}, the two rows are not at equal latency" if missed else "")
             + f") ({t['backend']}, {t['threads']} thread(s), batch {t['batch']}; layer table {how})")
 
 

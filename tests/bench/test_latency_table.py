@@ -10,7 +10,7 @@ import torch
 
 import slimbench
 from slimbench.analysis.graph import build_graph
-from slimbench.bench import latency
+from slimbench.bench import latency, latency_table
 from slimbench.bench.latency import weight_bandwidth
 from slimbench.bench.latency_predict import LatencyModel
 from slimbench.bench.latency_table import (
@@ -197,6 +197,28 @@ def test_weight_bandwidth_is_one_layers_bytes_over_what_the_chain_adds_per_layer
     monkeypatch.setitem(latency.BACKENDS, "fake", latency.Backend("fake", "fake", factory))
     bandwidth = weight_bandwidth("fake", clock=lambda: now[0], min_time_s=0.0, min_rounds=3, max_rounds=3)
     assert bandwidth == pytest.approx(4 * 512 * 512 * 9 / read_ms / 1e6)  # GB/s
+
+
+def test_a_bandwidth_measured_as_no_memory_term_is_cached_not_measured_again(resnet20, tmp_path, monkeypatch):
+    *_, specs = resnet20
+    now, probes = [0.0], []
+
+    def factory(model, inputs, threads):  # the registry's runners, on simulated time
+        conv = model[0]
+        seconds = 1e-9 * conv.in_channels * conv.out_channels * inputs[0].shape[-1] ** 2
+
+        def run():
+            now[0] += seconds
+        return run
+
+    monkeypatch.setitem(latency.BACKENDS, "fake", latency.Backend("fake", "fake", factory))
+    monkeypatch.setattr(latency_table, "weight_bandwidth", lambda *a, **k: probes.append(a) or None)
+    for _ in range(2):
+        table = build_table(specs, backend="fake", clock=lambda: now[0], cache_dir=tmp_path, progress=False,
+                            key=table_key("fake", 1, version="1", cpu="fake"), min_time_s=0.0, min_rounds=3,
+                            max_rounds=3)
+        assert table.bandwidth_gb_s == 0.0  # measured: weights never waited on memory, no memory term
+    assert probes == [("fake", 1)]  # measured once, then read from the cache
 
 
 def test_weight_bandwidth_on_onnxruntime_is_a_memory_rate():

@@ -1,5 +1,4 @@
-"""ONNX export of (pruned) models, written atomically, a check that onnxruntime agrees with torch, and
-the onnxruntime runner the latency backend times (with what its model spends converting layouts).
+"""ONNX export of (pruned) models, written atomically, and a check that onnxruntime agrees with torch.
 
 We use the TorchScript exporter (``dynamo=False``) on purpose: for the plain CNNs this project
 prunes it is several times faster than the torch.export-based exporter and handles
@@ -9,13 +8,9 @@ exercise. ``dynamo=True`` is accepted for users who want the newer exporter.
 
 from __future__ import annotations
 
-import bisect
 import copy
-import json
 import os
-import tempfile
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +20,7 @@ from torch import Tensor, nn
 from slimbench.core.atomic import atomic_path
 from slimbench.core.inputs import ExampleInputs, as_example_inputs
 
-__all__ = ["export_onnx", "onnx_session", "session_feed", "onnx_max_abs_diff", "OrtRunner", "layout_edges_ms",
-           "DEFAULT_OPSET"]
+__all__ = ["export_onnx", "onnx_session", "session_feed", "onnx_max_abs_diff", "DEFAULT_OPSET"]
 
 DEFAULT_OPSET = 17
 
@@ -59,9 +53,8 @@ def export_onnx(model: nn.Module, example_inputs: ExampleInputs, path: str | os.
     return path
 
 
-def onnx_session(path: str | os.PathLike, *, threads: int = 1, profile_prefix: str | None = None):
-    """An onnxruntime CPU session with fixed intra-op threads, no spinning, full graph optimisation
-    (``profile_prefix``: with onnxruntime's profiler on, writing there)."""
+def onnx_session(path: str | os.PathLike, *, threads: int = 1):
+    """An onnxruntime CPU session with fixed intra-op threads, no spinning, full graph optimisation."""
     import onnxruntime as ort
 
     if threads < 1:
@@ -74,9 +67,6 @@ def onnx_session(path: str | os.PathLike, *, threads: int = 1, profile_prefix: s
     # Spinning threads burn the cores other processes (and the interleaved model) need.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    if profile_prefix is not None:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_prefix
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
@@ -100,47 +90,3 @@ def onnx_max_abs_diff(model: nn.Module, path: str | os.PathLike, example_inputs:
     session = onnx_session(path)
     got = session.run(None, session_feed(session, inputs))[0]
     return float(np.abs(got - expected.numpy()).max())
-
-
-class OrtRunner:
-    """One onnxruntime run of a model exported to ONNX (TorchScript exporter, see export.py); keeps
-    the exported file alive while it lives, for ``layout_edges_ms``."""
-
-    def __init__(self, model: nn.Module, inputs: Sequence[Tensor], threads: int = 1) -> None:
-        self._folder = tempfile.TemporaryDirectory(prefix="slimbench-ort-")
-        self.path = export_onnx(model, tuple(inputs), os.path.join(self._folder.name, "model.onnx"))
-        self.threads = threads
-        self.session = onnx_session(self.path, threads=threads)
-        self.feed = session_feed(self.session, tuple(inputs))
-
-    def __call__(self):
-        return self.session.run(None, self.feed)
-
-
-LAYOUT_OPS = ("ReorderInput", "ReorderOutput")  # onnxruntime's NCHW <-> blocked-layout conversions
-
-
-def layout_edges_ms(runner: OrtRunner, runs: int = 20) -> float:
-    """The time (ms) ``runner``'s model spends converting layouts (onnxruntime's Reorder nodes, from
-    its profiler; median over ``runs`` runs after a warm-up). A conv timed alone as a one-layer model
-    pays a conversion into the blocked layout at its input and out of it at its output; inside a
-    whole model of blocked convs it pays neither (measured: a 32-channel depthwise conv at 112x112,
-    168 us timed alone, of which 84 us were its two reorders)."""
-    session = onnx_session(runner.path, threads=runner.threads,
-                           profile_prefix=os.path.join(runner._folder.name, "profile"))
-    for _ in range(runs + 3):
-        session.run(None, runner.feed)
-    profile = session.end_profiling()
-    with open(profile, encoding="utf-8") as f:
-        events = json.load(f)
-    os.remove(profile)
-    starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
-    totals = [0.0] * len(starts)
-    for event in events:
-        if event.get("cat") == "Node" and event.get("args", {}).get("op_name") in LAYOUT_OPS \
-                and event.get("name", "").endswith("_kernel_time"):
-            index = bisect.bisect_right(starts, event["ts"]) - 1
-            if index >= 0:
-                totals[index] += event["dur"] / 1e3  # us -> ms
-    return float(np.median(totals[-runs:])) if totals else 0.0
-    return 0.0

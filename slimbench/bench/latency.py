@@ -18,6 +18,7 @@ import math
 import os
 import platform
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
@@ -32,9 +33,10 @@ from slimbench.core.errors import SlimbenchRuntimeError
 from slimbench.core.inputs import ExampleInputs, as_example_inputs
 
 __all__ = ["Timing", "Backend", "BackendUnavailable", "BACKENDS", "register_backend", "get_backend",
-           "available_backends", "require_backends", "backend_versions", "cpu_model", "last_level_cache_bytes",
-           "weight_bandwidth", "environment", "batch_inputs", "torch_runner", "ort_runner", "ort_layout_edges_ms",
-           "openvino_runner", "make_runner", "measure", "time_models", "speedup", "speedup_iqr"]
+           "available_backends", "require_backends", "backend_versions", "cpu_model",
+           "last_level_cache_bytes", "weight_bandwidth",
+           "environment", "batch_inputs", "torch_runner", "ort_runner", "openvino_runner", "make_runner", "measure",
+           "time_models", "speedup", "speedup_iqr"]
 
 Runner = Callable[[], object]
 
@@ -71,8 +73,6 @@ class Backend:
     version: Callable[[], str | None] = lambda: None
     install_hint: str = ""
     package: str = ""  # the package whose version the provenance records (default: the name)
-    # ms one of its runners spends converting layouts at its model's edges (latency tables subtract it)
-    layout_edges_ms: Callable[[Runner], float] | None = None
 
 
 BACKENDS: dict[str, Backend] = {}
@@ -267,16 +267,13 @@ def torch_runner(model: nn.Module, inputs: Sequence[Tensor]) -> Runner:
 
 def ort_runner(model: nn.Module, inputs: Sequence[Tensor], *, threads: int = 1) -> Runner:
     """One onnxruntime run of ``model`` exported to ONNX (TorchScript exporter, see export.py)."""
-    from slimbench.bench.export import OrtRunner
+    from slimbench.bench.export import export_onnx, onnx_session, session_feed
 
-    return OrtRunner(model, inputs, threads)
-
-
-def ort_layout_edges_ms(runner: Runner) -> float:
-    """What an onnxruntime runner's model spends converting layouts (``export.layout_edges_ms``)."""
-    from slimbench.bench.export import layout_edges_ms
-
-    return layout_edges_ms(runner)
+    with tempfile.TemporaryDirectory(prefix="slimbench-ort-") as folder:
+        path = export_onnx(model, tuple(inputs), os.path.join(folder, "model.onnx"))
+        session = onnx_session(path, threads=threads)  # the session keeps the graph in memory
+    feed = session_feed(session, tuple(inputs))
+    return lambda: session.run(None, feed)
 
 
 def openvino_runner(model: nn.Module, inputs: Sequence[Tensor], *, threads: int = 1) -> Runner:
@@ -297,8 +294,7 @@ register_backend(Backend("torch", "torch", lambda m, x, threads: torch_runner(m,
                          version=lambda: torch.__version__))
 register_backend(Backend("ort", "ort", lambda m, x, threads: ort_runner(m, x, threads=threads),
                          available=_module_available("onnxruntime"), version=_module_version("onnxruntime"),
-                         install_hint="pip install onnxruntime", package="onnxruntime",
-                         layout_edges_ms=ort_layout_edges_ms))
+                         install_hint="pip install onnxruntime", package="onnxruntime"))
 register_backend(Backend("openvino", "OpenVINO", lambda m, x, threads: openvino_runner(m, x, threads=threads),
                          available=_module_available("openvino"), version=_module_version("openvino"),
                          install_hint="pip install 'slimbench[openvino]' (or pip install openvino)"))

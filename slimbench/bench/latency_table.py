@@ -5,10 +5,7 @@ at the layer's real input shape, batch size and thread count, exported and run t
 harness's own ``make_runner`` and interleaved ``measure``. The alternative, timing the whole model
 with only that layer's width changed, is faithful to cache effects but costs one whole-model export
 and run per sample (minutes for resnet56); the one-layer model costs milliseconds, and layers of the
-same shape (resnet56's 18 identical 16->16 convs) share one entry. A one-layer model also converts
-its input into the backend's blocked layout and its output back, which a layer inside a model of
-blocked layers does not: where the backend says how long that takes (``Backend.layout_edges_ms``,
-onnxruntime's profiler), each point is stored without it. A layer timed alone keeps its
+same shape (resnet56's 18 identical 16->16 convs) share one entry. A layer timed alone keeps its
 weights in the cache; ``latency_predict`` adds what the whole model pays to read them from memory
 (the table records the memory bandwidth for it) and calibrates what else a one-layer model cannot see.
 
@@ -54,7 +51,7 @@ from slimbench.core.atomic import atomic_write_text
 __all__ = ["fastest", "LayerSpec", "LatencyTable", "layer_specs", "build_table", "table_key", "step_ends",
            "default_cache_dir"]
 
-FORMAT = "slimbench.latency-table/4"  # /2: the corner sample; /3: the memory bandwidth; /4: layout edges out
+FORMAT = "slimbench.latency-table/3"  # /2: entries carry the corner sample; /3: the memory bandwidth
 PROBE_STEP = 4
 CHUNK = 24  # runners timed together (interleaved) while a table is built
 Factory = Callable[["LayerSpec", int, int], Callable[[], object]]
@@ -280,7 +277,6 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
         factory = runner_factory or (lambda s, cin, cout: make_runner(
             backend, s.module(cin, cout), s.inputs(cin), threads=threads))
         options = {"min_time_s": 0.05, "min_rounds": 15, "sample_ms": 1.0, **measure_options}
-        edges = get_backend(backend).layout_edges_ms if runner_factory is None else None
 
         def timed(points: list[tuple[LayerSpec, int, int]]) -> dict[tuple, float]:
             # chunks of CHUNK runners, interleaved within a chunk: one session per point stays in memory
@@ -296,10 +292,7 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
                 for name, timing in result.items():
                     spec_key, cin, cout = name.split("|")
                     # the fastest sample: on a shared CPU, other processes only ever add time to a layer
-                    ms = fastest(timing)
-                    if edges is not None:  # what the one-layer model pays at its edges, the layer inside a model not
-                        ms = max(ms - edges(runners[name]), 0.1 * ms)
-                    out[(spec_key, int(cin), int(cout))] = ms
+                    out[(spec_key, int(cin), int(cout))] = fastest(timing)
                 if bar is not None:
                     bar.update(len(runners))
             if bar is not None:

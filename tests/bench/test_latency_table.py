@@ -221,37 +221,6 @@ def test_a_bandwidth_measured_as_no_memory_term_is_cached_not_measured_again(res
     assert probes == [("fake", 1)]  # measured once, then read from the cache
 
 
-def test_what_a_one_layer_model_pays_at_its_edges_is_not_stored(resnet20, tmp_path, monkeypatch):
-    *_, specs = resnet20
-    now, edge_ms = [0.0], 0.002
-
-    def factory(model, inputs, threads):  # every run costs 10 us + its conv's MACs at 1 ns each
-        conv = model[0]
-        seconds = 1e-5 + 1e-9 * conv.in_channels * conv.out_channels * 9 * inputs[0].shape[-1] ** 2
-
-        def run():
-            now[0] += seconds
-        return run
-
-    monkeypatch.setitem(latency.BACKENDS, "fake", latency.Backend("fake", "fake", factory,
-                                                                  layout_edges_ms=lambda runner: edge_ms))
-    monkeypatch.setattr(latency_table, "weight_bandwidth", lambda *a, **k: None)
-    table = build_table(specs, backend="fake", clock=lambda: now[0], cache_dir=False, progress=False,
-                        key=table_key("fake", 1, version="1", cpu="fake"), min_time_s=0.0, min_rounds=3, max_rounds=3)
-    spec = specs["layer2.1.conv1"]  # 32 -> 32 at 16x16
-    full_ms = 1e-2 + 1e-6 * 32 * 32 * 9 * 16 * 16
-    assert table.cost(spec, 32, 32) == pytest.approx(full_ms - edge_ms)
-
-
-def test_onnxruntime_reports_the_reorders_of_a_blocked_one_layer_model():
-    spec = latency_table.LayerSpec(32, 32, (3, 3), (1, 1), (1, 1), (1, 1), True, 56, 56)
-    runners = {w: latency.make_runner("ort", spec.module(w, w), spec.inputs(w)) for w in (32, 29)}
-    wall = latency.measure(runners, min_time_s=0.05, min_rounds=5)
-    blocked, plain = (latency.ort_layout_edges_ms(runners[w]) for w in (32, 29))
-    assert 0 < blocked < min(wall[32].samples_ms)  # 32 channels: blocked, reordered in and out
-    assert plain == 0.0  # 29 channels: no blocked layout, nothing to convert
-
-
 def test_weight_bandwidth_on_onnxruntime_is_a_memory_rate():
     bandwidth = weight_bandwidth("ort", min_time_s=0.05, min_rounds=5)
     assert bandwidth is None or 0.5 < bandwidth < 1000  # GB/s: slower than a core's cache, faster than a disk

@@ -5,9 +5,10 @@ Without ``--checkpoint`` gamma must still mean something, so each model is first
 briefly (on the bundled digits by default: scikit-learn's 8x8 images, trained and evaluated at
 their own 8x8 size to fit the 90 s budget; counts and latency always at the model's own input
 shape), and each pruned variant is fine-tuned for a few steps; the caption says exactly what was done.
-The defaults (10 epochs, s = 1e-2, lr 0.05, 8x8) polarise gamma on ResNet-56 so that network slimming
-at 0.5 keeps >= 95 % of the unpruned accuracy (16x16 for 3 epochs collapsed to chance before
-fine-tuning); tests/bench/test_report.py checks that retention.
+The recipe (TRAINING: 10 epochs, s = 1e-2, lr 0.05, 8x8; per model family FAMILY_TRAINING, e.g. lr 0.02
+for VGG) polarises gamma so that network slimming at 0.5 keeps >= 95 % of the unpruned accuracy on
+ResNet-56 and >= 90 % on VGG-19; BN running statistics are recomputed on the training split before
+each model is evaluated. tests/bench/test_report.py checks both retentions.
 """
 
 from __future__ import annotations

@@ -22,18 +22,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", nargs="+", default=list(d.methods), choices=[*METHODS, "uniform"])
     parser.add_argument("--data", default=d.data, help="digits (bundled) or cifar10=DIR, cifar100=DIR, ilsvrc12=DIR")
     parser.add_argument("--checkpoint", help="trained (sparse) weights for the single model in --models")
-    parser.add_argument("--epochs", type=int, default=d.epochs, help="sparse-training epochs without --checkpoint")
-    parser.add_argument("--sparsity", type=float, default=d.sparsity, help="L1 strength s on BN gamma")
-    parser.add_argument("--lr", type=float, default=d.lr)
+    def recipe(key: str) -> str:
+        return "default: per model, " + _recipe_help(key)
+
+    parser.add_argument("--epochs", type=int, default=d.epochs,
+                        help=f"sparse-training epochs without --checkpoint ({recipe('epochs')})")
+    parser.add_argument("--sparsity", type=float, default=d.sparsity,
+                        help=f"L1 strength s on BN gamma ({recipe('sparsity')})")
+    parser.add_argument("--lr", type=float, default=d.lr, help=f"sparse-training learning rate ({recipe('lr')})")
     parser.add_argument("--train-batch", type=int, default=d.train_batch, help="training batch size")
-    parser.add_argument("--gamma-init", type=float, default=d.gamma_init, help="BN gamma before sparse training")
+    parser.add_argument("--gamma-init", type=float, default=d.gamma_init,
+                        help=f"BN gamma before sparse training ({recipe('gamma_init')})")
     parser.add_argument("--train-size", type=int, default=d.train_size,
-                        help="digits image side for training (default: 8, or 16 / 32 where the model needs more)")
+                        help=f"digits image side for training ({recipe('train_size')}; else 8, or 16 / 32 where the "
+                             "model needs more)")
     parser.add_argument("--train-steps", type=int, default=d.train_steps,
                         help="cap on training batches per epoch (smoke runs)")
     parser.add_argument("--finetune-steps", type=int, default=d.finetune_steps,
-                        help="fine-tuning batches per pruned model (0: none)")
-    parser.add_argument("--finetune-lr", type=float, default=d.finetune_lr)
+                        help=f"fine-tuning batches per pruned model, 0: none ({recipe('finetune_steps')})")
+    parser.add_argument("--finetune-lr", type=float, default=d.finetune_lr, help=f"({recipe('finetune_lr')})")
+    parser.add_argument("--bn-batches", type=int, default=d.bn_batches,
+                        help="training batches BN running statistics are recomputed on before each model is "
+                             f"evaluated, after sparse training here; 0: off ({recipe('bn_batches')})")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="latency batch size")
     parser.add_argument("--threads", type=int, default=d.threads, help="torch / onnxruntime intra-op threads")
     parser.add_argument("--backends", nargs="+", default=list(d.backends), choices=list(BACKENDS),
@@ -53,6 +63,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
 
 
+def _recipe_help(key: str) -> str:
+    """'0.05 (vgg: 0.02)': the report's training recipe for one setting, from its table."""
+    from slimbench.bench.report import FAMILY_TRAINING, TRAINING
+
+    differs = [f"{family}: {entry[key]}" for family, entry in FAMILY_TRAINING.items() if key in entry]
+    return f"{TRAINING[key]}" + (f" ({'; '.join(differs)})" if differs else "")
+
+
 def _check_destination(option: str, path: str | None, suffix: str | None = None) -> None:
     """Fail before the (minute-long) run, not after it: type, folder, writable, space."""
     if path is None:
@@ -68,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         models=args.models, ratios=args.ratios, methods=args.methods, data=args.data, checkpoint=args.checkpoint,
         epochs=args.epochs, sparsity=args.sparsity, lr=args.lr, train_batch=args.train_batch,
         gamma_init=args.gamma_init, train_size=args.train_size, train_steps=args.train_steps,
-        finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr, batch_size=args.batch_size,
+        finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr, bn_batches=args.bn_batches,
+        batch_size=args.batch_size,
         threads=args.threads, backends=args.backends, latency_time=args.latency_time, round_to=args.round_to,
         seed=args.seed, progress=not args.no_progress, latency_aware=args.latency_aware)
     parse_data_option(args.data)  # `--data DIR` without name= gets a hint now, not after training
@@ -95,9 +114,10 @@ def _figure_caption(report) -> str:
     s = report.run.get("settings", {})
     if s.get("checkpoint"):
         how = f"weights from {s['checkpoint']}"
-    elif s.get("epochs"):
-        how = (f"{s['epochs']} epoch(s) of sparse training (s={s['sparsity']:g}, lr {s['lr']:g}), "
-               f"{s['finetune_steps']} fine-tuning steps per pruned model")
+    elif any(t["epochs"] for t in report.run.get("training", {}).values()):
+        how = "; ".join(f"{name}: {t['epochs']} epoch(s) of sparse training (s={t['sparsity']:g}, lr {t['lr']:g}), "
+                        f"{t['finetune_steps']} fine-tuning steps per pruned model"
+                        for name, t in report.run["training"].items())
     else:
         how = "UNTRAINED (--epochs 0): accuracy is chance, gamma ranks nothing"
     env = report.run.get("environment", {})

@@ -28,7 +28,7 @@ from slimbench.models.weights import load_weights
 from slimbench.pruning.checkpoint import atomic_save, read_checkpoint
 from slimbench.pruning.sparsity import update_bn, update_prunable_bn
 
-__all__ = ["train", "finetune", "evaluate", "rank", "TRAIN_FORMAT"]
+__all__ = ["train", "finetune", "evaluate", "recalibrate_bn", "rank", "TRAIN_FORMAT"]
 
 TRAIN_FORMAT = "slimbench.train/1"
 
@@ -69,6 +69,38 @@ def evaluate(model: nn.Module, loader: Iterable, topk: Sequence[int] = (1,)) -> 
     if total == 0:
         raise ValueError("evaluate: the loader yielded no samples")
     return {**{f"top{k}": correct[k] / total for k in topk}, "loss": loss_sum / total}
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, loader: Iterable, max_batches: int | None = None) -> int:
+    """Recompute every BatchNorm's running mean and variance as the plain average over ``loader``'s
+    batches (at most ``max_batches``), forward only, weights untouched; returns the batches used.
+
+    Training leaves running statistics as a momentum average over the last few batches of a model that
+    was still changing; after a short sparse training they can be far from the model's real statistics
+    (README, "Without a checkpoint"). The model's mode and each BN's momentum are restored."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    was_training, momenta = model.training, [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    device, used = _device_of(model), 0
+    try:
+        for x, _ in loader:
+            if max_batches is not None and used >= max_batches:
+                break
+            model(x.to(device))
+            used += 1
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        model.train(was_training)
+    if used == 0:
+        raise ValueError("recalibrate_bn: the loader yielded no batches")
+    return used
 
 
 @torch.no_grad()

@@ -142,3 +142,25 @@ def test_resume_without_a_checkpoint_is_an_error_and_the_seed_is_recorded(digits
     assert not (tmp_path / "absent.pt").exists()
     train(model, train_loader, epochs=1, checkpoint=tmp_path / "run.pt", seed=7, **FAST)
     assert torch.load(tmp_path / "run.pt", weights_only=True)["seed"] == 7
+
+
+def test_recalibrate_bn_sets_running_stats_to_the_data_average_and_restores_modes():
+    """Stale running statistics (a momentum average) are replaced by the plain average of the batches'
+    statistics; weights, momentum and the model's mode stay as they were; max_batches caps the pass."""
+    from slimbench.training.loop import recalibrate_bn
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1, bias=False), torch.nn.BatchNorm2d(4)).eval()
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    x = torch.randn(64, 3, 4, 4) * 3 + 2
+    loader = DataLoader(TensorDataset(x, torch.zeros(64)), batch_size=16)
+    assert recalibrate_bn(model, loader) == 4
+    bn, y = model[1], model[0](x).detach()
+    batches = y.split(16)
+    assert torch.allclose(bn.running_mean, torch.stack([b.mean((0, 2, 3)) for b in batches]).mean(0), atol=1e-5)
+    unbiased = torch.stack([b.transpose(0, 1).flatten(1).var(1) for b in batches]).mean(0)
+    assert torch.allclose(bn.running_var, unbiased, rtol=1e-4)
+    assert not model.training and bn.momentum == 0.1
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+    assert recalibrate_bn(model, loader, max_batches=1) == 1
+    assert torch.allclose(bn.running_mean, batches[0].mean((0, 2, 3)), atol=1e-5)

@@ -283,8 +283,8 @@ def test_default_report_latency_aware_widths_match_round_to_8_at_equal_latency()
     """Issue 14's claim on the digits report: at equal measured latency (onnxruntime, 1 thread, batch 1), the
     latency-aware model's accuracy after the same fine-tune is >= that of network slimming round_to=8.
     Only the middle ratio is run: the two rows are the same as in the full report (same training, seed and
-    fine-tune). One run on 2026-11-25 (2-core machine, load 1.2-1.9): round8 1.92 ms, latency widths
-    1.83 ms, both 98.4 %."""
+    fine-tune). One full report on 2026-11-25 21:05 UTC (BN statistics recomputed, load 0.8-1.0): round8
+    1.76 ms, latency widths 1.72 ms, both 98.4 %."""
     settings = dataclasses.replace(ReportSettings(), models=("resnet56",), ratios=(0.5,),
                                    methods=("network_slimming",), backends=("ort",), latency_time=1.0,
                                    progress=False, latency_aware=True)

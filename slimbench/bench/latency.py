@@ -155,11 +155,12 @@ def weight_bandwidth(backend: str = "ort", threads: int = 1, **measure_options) 
     layer_bytes = 4 * PROBE_CHANNELS * PROBE_CHANNELS * 9
     cache = last_level_cache_bytes() or 32 * 2**20
     layers = min(max(math.ceil(2 * cache / layer_bytes), PROBE_LAYERS[0]), PROBE_LAYERS[1])
-    torch.manual_seed(0)
-    x = (torch.randn(1, PROBE_CHANNELS, 2, 2),)
-    chain = nn.Sequential(*[_conv_block(PROBE_CHANNELS) for _ in range(layers)]).eval()
+    with torch.random.fork_rng():  # the probe's random weights leave the caller's random stream as it was
+        x = (torch.randn(1, PROBE_CHANNELS, 2, 2),)
+        chain = nn.Sequential(*[_conv_block(PROBE_CHANNELS) for _ in range(layers)]).eval()
+        one = _conv_block(PROBE_CHANNELS).eval()
     runners = {"chain": make_runner(backend, chain, x, threads=threads),
-               "one": make_runner(backend, _conv_block(PROBE_CHANNELS).eval(), x, threads=threads)}
+               "one": make_runner(backend, one, x, threads=threads)}
     options = {"min_time_s": 0.5, "min_rounds": 15, **measure_options}
     timings = measure(runners, threads=threads, backend=backend, **options)
     chain_ms, one_ms = (min(timings[k].samples_ms) for k in ("chain", "one"))

@@ -54,10 +54,6 @@ def _layer_convs(graph: ChannelGraph, lm: LatencyModel, layer: np.ndarray) -> li
     return out
 
 
-def _local_cost(lm: LatencyModel, convs: list[str], keep_gid: np.ndarray) -> float:
-    return lm.layer_sum(keep_gid, names=convs)
-
-
 def latency_widths(graph: ChannelGraph, lm: LatencyModel, importance: np.ndarray, pool: np.ndarray,
                    done: Callable[[np.ndarray, np.ndarray], bool], tol: float = 0.03) -> np.ndarray:
     """Prune decision over classes (True = prune) with every layer at a latency step end.
@@ -79,7 +75,7 @@ def latency_widths(graph: ChannelGraph, lm: LatencyModel, importance: np.ndarray
         curve = []
         for k in counts:
             keep_class[order[k:]] = False
-            curve.append(_local_cost(lm, convs, keep_class[graph.class_of]))
+            curve.append(lm.layer_sum(keep_class[graph.class_of], names=convs))
             keep_class[order] = True
         # widths whole blocks of the backend's kernels: below one block or off the block grid the
         # backend changes layout between layers, which one-layer timings cannot see (measured on vgg19:
@@ -102,7 +98,7 @@ def latency_widths(graph: ChannelGraph, lm: LatencyModel, importance: np.ndarray
                 continue  # budget met: only steps that buy no importance are still dropped
             trial = prune.copy()
             trial[order[k_next:]] = True
-            saved = _local_cost(lm, convs, keep_gid) - _local_cost(lm, convs, ~trial[graph.class_of])
+            saved = lm.layer_sum(keep_gid, names=convs) - lm.layer_sum(~trial[graph.class_of], names=convs)
             score = lost / saved if saved > 0 else np.inf if lost > 0 else 0.0
             if score < best_score or best is None:
                 best, best_score = i, score

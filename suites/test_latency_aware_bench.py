@@ -6,7 +6,12 @@ timing), and each prunes to a model equivalent to its zeroed form with widths at
 timed interleaved in ONE ``measure`` call; ``extra_info`` records per variant the measured speedup,
 the MACs reduction, the efficiency (speedup / MACs reduction), the predicted latency and its error,
 and the table's build time. Speedups are given on the fastest samples (what the latency model
-predicts; steady on a loaded machine) and on the medians (``median_*``, with the IQR).
+predicts; steady on a loaded machine) and on the medians (``median_*``, with the IQR). A
+``target_latency`` row also keeps ``planned_measured_fraction``: what the plan's own check measured,
+the pruned model timed against the unpruned one alone. The floor row (``uniform_0.99``: every layer at
+its narrowest) gives ``floor_fraction``, the latency channel pruning cannot remove, and
+``efficiency_estimate_at_0.5``: the efficiency a plan at half the latency gets if its kept MACs cost
+what they cost in the unpruned model.
 """
 
 from __future__ import annotations
@@ -31,6 +36,21 @@ from tests.helpers import assert_equivalent
 # issue 14's validation set: the CIFAR zoo at 32x32, two ImageNet models at 224
 MODELS = [("resnet56", "cifar10"), ("vgg19", "cifar10"), ("densenet40", "cifar10"), ("resnet50", "ilsvrc12"),
           ("mobilenet_v2", "ilsvrc12")]
+
+
+FLOOR = "uniform_0.99"  # every prunable layer at (nearly) its narrowest: the latency channel pruning cannot remove
+
+
+def efficiency_estimate(floor_macs: float, floor_latency: float, target: float) -> float:
+    """Efficiency (speedup / MACs reduction) at latency fraction ``target`` on the straight line from the
+    floor model (``floor_macs``, ``floor_latency``: fractions of the unpruned model) to the unpruned one:
+    what a plan reaches when its kept MACs cost what they cost in the unpruned model, per MAC. Not a
+    bound (pruned layers can run more or less efficiently per MAC), but it shows what the floor rules out:
+    efficiency 0.95 at 0.5 needs 47.5 % of the MACs kept in the half of the latency above the floor."""
+    if floor_latency >= target:
+        return 0.0
+    kept = floor_macs + (target - floor_latency) / (1 - floor_latency) * (1 - floor_macs)
+    return kept / target
 
 
 def _simulated(graph, model, x, tmp_path) -> LatencyModel:
@@ -72,6 +92,12 @@ def _torch_pruning(model, x):
     return copied
 
 
+def test_efficiency_estimate():
+    assert efficiency_estimate(0.0, 0.0, 0.5) == pytest.approx(1.0)  # latency proportional to MACs
+    assert efficiency_estimate(0.04, 0.39, 0.5) == pytest.approx((0.04 + 0.11 / 0.61 * 0.96) / 0.5)
+    assert efficiency_estimate(0.04, 0.55, 0.5) == 0.0  # the floor is above the target
+
+
 @pytest.mark.parametrize(("name", "dataset"), MODELS, ids=[m for m, _ in MODELS])
 def test_latency_aware(benchmark, timed, name, dataset, tmp_path):
     model, x = slimmed_like(name, dataset), example_input(name, dataset)
@@ -96,6 +122,8 @@ def test_latency_aware(benchmark, timed, name, dataset, tmp_path):
         plans["target_latency_0.5_widths"] = g.plan(target_latency=0.5, widths="latency", latency=lm)
         plans["ns_0.3"] = g.plan(ratio=0.3)
         plans["ns_0.7"] = g.plan(ratio=0.7)
+        plans["uniform_target_latency_0.5"] = g.plan(method="uniform", target_latency=0.5, latency=lm)
+        plans[FLOOR] = g.plan(method="uniform", ratio=0.99)
     models = {k: g.prune(p) for k, p in plans.items()}
     for key in ("latency_widths", "target_latency_0.5_widths"):
         assert_equivalent(model, x, plans[key], models[key])
@@ -125,15 +153,21 @@ def test_latency_aware(benchmark, timed, name, dataset, tmp_path):
             speedup = value(timings["unpruned"]) / value(timings[key])
             row.update({f"{stat}speedup": speedup, f"{stat}efficiency": speedup / macs_reduction,
                         f"{stat}measured_fraction": 1 / speedup})
-        if key in plans:
+        if key in plans and key != FLOOR:
             keep, removed = keep_from_plan(graph, plans[key])
             row.update(predicted_ms=lm.predict(keep, removed),
                        prediction_error=lm.predict(keep, removed) / fastest(timings[key]) - 1)
             errors.append(abs(row["prediction_error"]))
+            planned = plans[key].options.get("latency", {}).get("measured_ratio")
+            if planned is not None:  # the plan's own check (it against the unpruned model alone)
+                row["planned_measured_fraction"] = planned
         info[key] = row
     info["unpruned"] = {"measured_ms": fastest(timings["unpruned"]), "median_ms": timings["unpruned"].median_ms,
                         "predicted_ms": lm.predict(), "iqr_fraction": timings["unpruned"].iqr_fraction}
     info["max_abs_prediction_error"] = max(errors)
+    info["floor_fraction"] = info[FLOOR]["measured_fraction"]
+    info["efficiency_estimate_at_0.5"] = efficiency_estimate(1 / info[FLOOR]["macs_reduction"],
+                                                             info["floor_fraction"], 0.5)
     info["torch_pruning"] = ("measured" if isinstance(tp_model, nn.Module) else tp_model
                              or "not installed (pip install slimbench[compare])")
     benchmark.extra_info.update(info)

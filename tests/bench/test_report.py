@@ -313,6 +313,9 @@ def test_the_caption_says_when_the_latency_aware_plan_missed_round8s_latency():
     note = _latency_note("vgg19", plan, {**matched, "measured_ratio": 0.107})
     assert "planned to the latency of network_slimming+round8 at 0.5 (target_latency 0.220" in note
     assert "measured 0.107 when planned: MISSED by more than 6%, the two rows are not at equal latency" in note
+    assert "it is faster, so the accuracy comparison favours network_slimming+round8" in note
+    slower = _latency_note("vgg19", plan, {**matched, "measured_ratio": 0.3})
+    assert "it is slower, so the accuracy comparison favours the latency-widths row" in slower
 
 
 def test_each_model_gets_its_family_recipe_unless_a_setting_is_given(monkeypatch):

@@ -1,20 +1,16 @@
-"""Whole-model latency predicted from a latency table: per-conv compute plus the weights' memory reads.
+"""Whole-model latency predicted from a latency table: the sum of per-conv costs, scaled and offset.
 
-A conv's cost in the whole model is ``table cost (cin, cout) + weight bytes / weight bandwidth``.
+A conv's cost is its table cost. The default tables time each conv among copies of itself whose weights
+outgrow the cache (``latency_table``), so that cost includes reading the weights from memory, as the
+whole model does on each inference. A table whose ``runner_factory`` timed layers alone (their weights
+stayed in the cache) can carry a memory bandwidth; its entries are then charged ``weight bytes /
+bandwidth`` on top (``latency.weight_bandwidth`` measures one the backend's own way).
 
-Why the second term. The table times each conv alone, back to back, so its weights stay in the
-core's cache; in the whole model every layer's weights are read again on each inference, from memory
-once the model's weights outgrow the caches. Measured on vgg19 (CIFAR, onnxruntime, 1 thread): the
-late 2x2 and 4x4 convs of pruned variants ran 1.5-5x their table cost in the whole model, and the
-excess was their weight bytes at 14-16 GB/s in every variant, down to 7 MB of weights in all (below
-the 32 MiB L3: on this shared machine weights read once per inference do not stay in it).
-
-``latency.weight_bandwidth`` measures that rate the backend's own way: a chain of 512->512 3x3 convs at 2x2
-whose weights are twice the last-level cache, timed interleaved with one such conv alone; the
-difference per layer is the time to read one layer's weights. It is measured when the table is built
-(``latency_table.build_table``) and cached with it. ``scale`` and ``constant`` absorb what a one-layer
-model cannot see (layout reorders at the model's edges, residual adds, pooling, the classifier):
-``LatencyModel.calibrate`` fits them on whole-model runs (``slimbench.pruning.latency_model``).
+Why it matters: timed alone, vgg19's late 2x2 and 4x4 convs of pruned variants ran 1.5-5x their table
+cost in the whole model, the excess being their weight bytes at 14-16 GB/s. ``scale`` and ``constant``
+absorb what the tables cannot see (layout changes between layers of different widths, residual adds,
+pooling, the classifier): ``LatencyModel.calibrate`` fits them on whole-model runs
+(``slimbench.pruning.latency_model``).
 """
 
 from __future__ import annotations
@@ -33,7 +29,8 @@ __all__ = ["LatencyModel"]
 @dataclass
 class LatencyModel:
     """Whole-model latency (ms): ``scale * sum(conv costs) + constant``, a conv's cost being its table
-    cost plus its weight bytes over the table's weight bandwidth (``LatencyTable.bandwidth_gb_s``)."""
+    cost, plus its weight bytes over the table's weight bandwidth (``LatencyTable.bandwidth_gb_s``) where
+    the table timed it alone (an entry without ``weights_read``)."""
 
     table: LatencyTable
     graph: ChannelGraph
@@ -48,7 +45,7 @@ class LatencyModel:
         spec = self.specs[name]
         cost = self.table.cost(spec, cin, cout)
         bandwidth = self.table.bandwidth_gb_s
-        if bandwidth:
+        if bandwidth and not self.table.entries[spec.key].get("weights_read"):
             cost += spec.weight_bytes(cin, cout) / (bandwidth * 1e6)  # GB/s = 1e6 bytes per ms
         return cost
 

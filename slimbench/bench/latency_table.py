@@ -1,13 +1,21 @@
 """Per-layer latency tables: what each conv costs at a kept width, measured and cached.
 
-How one layer is timed. Each conv (``nn.Conv2d``) is timed as a *one-layer model*, conv + BN + ReLU
-at the layer's real input shape, batch size and thread count, exported and run through the
-harness's own ``make_runner`` and interleaved ``measure``. The alternative, timing the whole model
-with only that layer's width changed, is faithful to cache effects but costs one whole-model export
-and run per sample (minutes for resnet56); the one-layer model costs milliseconds, and layers of the
-same shape (resnet56's 18 identical 16->16 convs) share one entry. A layer timed alone keeps its
-weights in the cache; ``latency_predict`` adds what the whole model pays to read them from memory
-(the table records the memory bandwidth for it) and calibrates what else a one-layer model cannot see.
+How one layer is timed. Each conv (``nn.Conv2d``) is timed among *copies of itself*: up to
+``COPIES_MAX`` convs of the layer's shape, each with its own weights and BN, all reading one input at the
+layer's real shape, batch size and thread count, their outputs summed (each add fused into its conv),
+exported and run through the harness's own ``make_runner`` and interleaved ``measure``; the model's
+time over the copies is the layer's cost. Why not one layer alone: it keeps its weights in the cache
+between runs, and pays the backend's layout conversions at the model's input and output as its own;
+inside a model, weights come from memory once the model outgrows the cache, and a layer between blocked
+layers converts nothing. Copies whose weights outgrow the last-level cache, sharing one conversion at
+each end, are both. Measured on seven of vgg19's conv shapes (onnxruntime, 1 thread): per copy, within
++1 to +7 % of each conv's time in the whole model's profile (the sums' reads), where the layer alone
+was 39 % (512->512 at 4x4) to 72 % (384->384 at 2x2) under it. Copies: enough that their weights pass
+the last-level cache, at most ``COPIES_MAX`` and ``COPIES_MACS`` in all, at least two. (A chain of
+copies, cin -> cout -> cin, was tried first: it mixes a layer's input and output curves.) The
+alternative, the whole model with one layer's width changed, costs a whole-model export and run per
+sample (minutes for resnet56); layers of the same shape (resnet56's 18 identical 16->16 convs) share
+one entry.
 
 What is sampled. Backends work on channel blocks, so latency is a staircase in the kept widths. A
 probe first times the widest conv at every multiple of 4 output channels (up to 64) and picks the
@@ -27,7 +35,7 @@ back-to-back runs): on a loaded machine other processes only ever add time, so t
 stable estimate of a layer's own cost (whole-model comparisons keep the harness's medians).
 
 Tables are cached as JSON under ``cache_dir`` keyed by backend, its version, the CPU model and the
-thread count (entries keyed by layer shape and batch; the bandwidth with them): a second build is a
+thread count (entries keyed by layer shape and batch): a second build is a
 file read, and any change of those keys builds a new file.
 """
 
@@ -45,14 +53,16 @@ import torch
 from torch import nn
 
 from slimbench.analysis.graph import ChannelGraph
-from slimbench.bench.latency import cpu_model, get_backend, make_runner, measure, weight_bandwidth
+from slimbench.bench.latency import cpu_model, get_backend, last_level_cache_bytes, make_runner, measure
 from slimbench.core.atomic import atomic_write_text
 
 __all__ = ["fastest", "LayerSpec", "LatencyTable", "layer_specs", "build_table", "table_key", "step_ends",
            "default_cache_dir"]
 
-FORMAT = "slimbench.latency-table/3"  # /2: entries carry the corner sample; /3: the memory bandwidth
+FORMAT = "slimbench.latency-table/4"  # /2: the corner sample; /3: the memory bandwidth; /4: timed among copies
 PROBE_STEP = 4
+COPIES_MAX = 8  # copies of a conv in one timed model, at most
+COPIES_MACS = 160_000_000  # multiply-accumulates of one timed model, at most (a run stays a few ms)
 CHUNK = 24  # runners timed together (interleaved) while a table is built
 Factory = Callable[["LayerSpec", int, int], Callable[[], object]]
 
@@ -86,10 +96,28 @@ class LayerSpec:
         return (f"{kind}{self.in_channels}-{self.out_channels}k{k}s{s}p{p}d{d}"
                 f"@{self.batch}x{self.height}x{self.width}")
 
-    def module(self, cin: int, cout: int) -> nn.Module:
+    def copies(self, cin: int, cout: int, cache_bytes: int) -> int:
+        """How many copies of the conv at these widths one timed model holds: enough that their weights
+        outgrow the cache (``cache_bytes``: the last-level cache), at most ``COPIES_MAX`` and at most
+        ``COPIES_MACS`` multiply-accumulates in all, and at least 2."""
+        by_bytes = -(-cache_bytes // max(self.weight_bytes(cin, cout), 1))
+        by_macs = COPIES_MACS // max(self.macs(cin, cout), 1)
+        return int(max(min(by_bytes, by_macs, COPIES_MAX), 2))
+
+    def macs(self, cin: int, cout: int) -> int:
+        out_h = (self.height + 2 * self.padding[0] - self.dilation[0] * (self.kernel[0] - 1) - 1) // self.stride[0] + 1
+        out_w = (self.width + 2 * self.padding[1] - self.dilation[1] * (self.kernel[1] - 1) - 1) // self.stride[1] + 1
+        return self.weight_bytes(cin, cout) // 4 * out_h * out_w * self.batch
+
+    def module(self, cin: int, cout: int, copies: int = 1) -> nn.Module:
+        """conv + BN + ReLU at these widths; ``copies > 1``: that many such convs, each with its own
+        weights, all reading the one input, their outputs summed (``_Copies``)."""
         groups = cout if self.depthwise else 1
-        conv = nn.Conv2d(cin, cout, self.kernel, self.stride, self.padding, self.dilation, groups, bias=False)
-        return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU()).eval()
+        convs = [nn.Conv2d(cin, cout, self.kernel, self.stride, self.padding, self.dilation, groups, bias=False)
+                 for _ in range(copies)]
+        if copies == 1:
+            return nn.Sequential(convs[0], nn.BatchNorm2d(cout), nn.ReLU()).eval()
+        return _Copies(convs, [nn.BatchNorm2d(cout) for _ in convs]).eval()
 
     def weight_bytes(self, cin: int, cout: int) -> int:
         """float32 weight bytes at these widths (what the whole model reads per inference)."""
@@ -98,6 +126,22 @@ class LayerSpec:
 
     def inputs(self, cin: int) -> tuple[torch.Tensor, ...]:
         return (torch.randn(self.batch, cin, self.height, self.width),)
+
+
+class _Copies(nn.Module):
+    """``relu(bn_k(conv_k(x)) + relu(... + relu(bn_1(conv_1(x)))))``: copies of one conv that share
+    their input, so any conv (strided too) has copies; backends fuse each add into its conv."""
+
+    def __init__(self, convs: list[nn.Conv2d], norms: list[nn.BatchNorm2d]) -> None:
+        super().__init__()
+        self.convs, self.norms = nn.ModuleList(convs), nn.ModuleList(norms)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = None
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            out = norm(conv(x))
+            total = torch.relu(out if total is None else total + out)
+        return total
 
 
 def layer_specs(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], graph: ChannelGraph
@@ -249,14 +293,15 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
     ``make_runner(backend, spec.module(cin, cout), spec.inputs(cin), threads=threads)``); ``clock`` is
     passed to ``measure`` (tests inject simulated time). ``cache_dir=None``: ``default_cache_dir()``;
     ``cache_dir=False``: no cache. ``key``: the cache key (default ``table_key(backend, threads)``).
-    ``bandwidth_gb_s``: the memory bandwidth the predictor charges weight reads at (``latency_predict``);
-    default: the cached table's, else measured (``latency.weight_bandwidth``), except under an injected
-    ``runner_factory`` (simulated costs), where there is no memory term unless one is given.
+    ``bandwidth_gb_s``: the memory bandwidth at which the predictor charges weight reads of layers a
+    ``runner_factory`` timed alone (``latency_predict``; ``latency.weight_bandwidth`` measures one);
+    default: the cached table's, else none. The default runners time each conv among copies of itself,
+    which read their weights from memory as the whole model does, so their entries need no such term.
     """
     started = time.perf_counter()
     key = key or table_key(backend, threads)
     unique = {s.key: s for s in (specs.values() if isinstance(specs, Mapping) else specs)}
-    path, measured_bandwidth = None, False
+    path = None
     table = LatencyTable(key)
     if cache_dir is not False:
         path = _cache_path(Path(cache_dir) if cache_dir else default_cache_dir(), key)
@@ -265,17 +310,19 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
             if cached.key == key:
                 table.entries.update(cached.entries)
                 table.bandwidth_gb_s = cached.bandwidth_gb_s
+    given_bandwidth = bandwidth_gb_s is not None and bandwidth_gb_s != table.bandwidth_gb_s
     if bandwidth_gb_s is not None:
         table.bandwidth_gb_s = float(bandwidth_gb_s)
-    elif table.bandwidth_gb_s is None and runner_factory is None:
-        # 0.0: measured, and weights never waited on memory (no memory term; not measured again)
-        table.bandwidth_gb_s = weight_bandwidth(backend, threads, **measure_options) or 0.0
-        measured_bandwidth = True
     missing = [s for k, s in unique.items() if k not in table.entries]
     table.cached_shapes = len(unique) - len(missing)
     if missing:
+        cache_bytes = last_level_cache_bytes() or 32 * 2**20
+
+        def copies(spec: LayerSpec, cin: int, cout: int) -> int:
+            return 1 if runner_factory else spec.copies(cin, cout, cache_bytes)
+
         factory = runner_factory or (lambda s, cin, cout: make_runner(
-            backend, s.module(cin, cout), s.inputs(cin), threads=threads))
+            backend, s.module(cin, cout, copies(s, cin, cout)), s.inputs(cin), threads=threads))
         options = {"min_time_s": 0.05, "min_rounds": 15, "sample_ms": 1.0, **measure_options}
 
         def timed(points: list[tuple[LayerSpec, int, int]]) -> dict[tuple, float]:
@@ -291,8 +338,9 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
                 table.measured_points += len(runners)
                 for name, timing in result.items():
                     spec_key, cin, cout = name.split("|")
+                    cin, cout = int(cin), int(cout)
                     # the fastest sample: on a shared CPU, other processes only ever add time to a layer
-                    out[(spec_key, int(cin), int(cout))] = fastest(timing)
+                    out[(spec_key, cin, cout)] = fastest(timing) / copies(unique[spec_key], cin, cout)
                 if bar is not None:
                     bar.update(len(runners))
             if bar is not None:
@@ -320,11 +368,12 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
             inn = out if spec.depthwise else [
                 [w, times[(spec.key, w, spec.out_channels)] if w != spec.in_channels else full]
                 for w in _grid(spec.in_channels, step, False)]
-            table.entries[spec.key] = {"step": step, "out": out, "in": inn}
+            # timed among copies: the cost includes reading the weights from memory (latency_predict)
+            table.entries[spec.key] = {"step": step, "out": out, "in": inn, "weights_read": runner_factory is None}
             corner = (_grid(spec.in_channels, step, False)[0], _grid(spec.out_channels, step)[0])
             if not spec.depthwise and corner != (spec.in_channels, spec.out_channels):
                 table.entries[spec.key]["corner"] = times[(spec.key, *corner)]
-    if path is not None and (missing or measured_bandwidth):
+    if path is not None and (missing or given_bandwidth):
         path.parent.mkdir(parents=True, exist_ok=True)
         table.save(path)
     table.build_seconds = time.perf_counter() - started

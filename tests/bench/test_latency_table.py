@@ -199,28 +199,6 @@ def test_weight_bandwidth_is_one_layers_bytes_over_what_the_chain_adds_per_layer
     assert bandwidth == pytest.approx(4 * 512 * 512 * 9 / read_ms / 1e6)  # GB/s
 
 
-def test_a_bandwidth_measured_as_no_memory_term_is_cached_not_measured_again(resnet20, tmp_path, monkeypatch):
-    *_, specs = resnet20
-    now, probes = [0.0], []
-
-    def factory(model, inputs, threads):  # the registry's runners, on simulated time
-        conv = model[0]
-        seconds = 1e-9 * conv.in_channels * conv.out_channels * inputs[0].shape[-1] ** 2
-
-        def run():
-            now[0] += seconds
-        return run
-
-    monkeypatch.setitem(latency.BACKENDS, "fake", latency.Backend("fake", "fake", factory))
-    monkeypatch.setattr(latency_table, "weight_bandwidth", lambda *a, **k: probes.append(a) or None)
-    for _ in range(2):
-        table = build_table(specs, backend="fake", clock=lambda: now[0], cache_dir=tmp_path, progress=False,
-                            key=table_key("fake", 1, version="1", cpu="fake"), min_time_s=0.0, min_rounds=3,
-                            max_rounds=3)
-        assert table.bandwidth_gb_s == 0.0  # measured: weights never waited on memory, no memory term
-    assert probes == [("fake", 1)]  # measured once, then read from the cache
-
-
 def test_weight_bandwidth_on_onnxruntime_is_a_memory_rate():
     torch.manual_seed(5)
     expected = torch.rand(3)
@@ -302,3 +280,65 @@ def test_option_errors(resnet20, stub):
         slimbench.plan(model, x, widths="latency", round_to=8, latency=stub)
     with pytest.raises(ValueError, match="unknown setting"):
         slimbench.plan(model, x, widths="latency", latency={"backnd": "ort"})
+
+
+def test_a_conv_is_timed_among_copies_of_itself_and_charged_per_copy(resnet20, tmp_path, monkeypatch):
+    _, _, graph, specs = resnet20
+    now, overhead, per_mac = [0.0], 50e-6, 1e-12  # seconds per timed model (its edges) and per MAC
+
+    def factory(model, inputs, threads):  # the registry's runners, on simulated time
+        convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        side = inputs[0].shape[-1]
+        macs = sum(c.in_channels * c.out_channels * 9 * (side // c.stride[0]) ** 2 for c in convs)
+
+        def run():
+            now[0] += overhead + per_mac * macs
+        return run
+
+    monkeypatch.setitem(latency.BACKENDS, "fake", latency.Backend("fake", "fake", factory))
+    monkeypatch.setattr(latency, "weight_bandwidth", lambda *a, **k: pytest.fail("no bandwidth probe is needed"))
+    table = build_table(specs, backend="fake", clock=lambda: now[0], cache_dir=tmp_path, progress=False,
+                        key=table_key("fake", 1, version="1", cpu="fake"), min_time_s=0.0, min_rounds=3,
+                        max_rounds=3)
+    cache = latency.last_level_cache_bytes() or 32 * 2**20
+    for name in ("layer1.0.conv1", "layer2.0.conv1"):  # a strided conv has copies too
+        spec = specs[name]
+        cin, cout = spec.in_channels, spec.out_channels
+        copies = spec.copies(cin, cout, cache)
+        assert table.entries[spec.key]["weights_read"] and 2 <= copies <= latency_table.COPIES_MAX
+        # the model's edges are shared by the copies, as a layer inside a model shares its neighbours'
+        assert table.cost(spec, cin, cout) == pytest.approx((overhead / copies + per_mac * spec.macs(cin, cout)) * 1e3)
+    assert table.bandwidth_gb_s is None
+    spec = specs["layer2.0.conv1"]
+    model = spec.module(16, 32, copies=3)
+    assert [(c.in_channels, c.out_channels, c.stride) for c in model.modules() if isinstance(c, torch.nn.Conv2d)] == [
+        (16, 32, (2, 2))] * 3
+    x = torch.randn(1, 16, 32, 32)
+    parts = [torch.nn.Sequential(c, n).eval()(x) for c, n in zip(model.convs, model.norms, strict=True)]
+    expected = torch.relu(torch.relu(torch.relu(parts[0]) + parts[1]) + parts[2])
+    torch.testing.assert_close(model(x), expected)
+    # entries timed among copies read their weights in the timing: the predictor adds no memory term,
+    # while a table timed one layer at a time (an injected factory) is charged at its bandwidth
+    with_bandwidth = build_table(specs, backend="fake", clock=lambda: now[0], cache_dir=tmp_path, progress=False,
+                                 key=table_key("fake", 1, version="1", cpu="fake"), bandwidth_gb_s=10.0)
+    assert LatencyModel(with_bandwidth, graph, specs).conv_cost("layer2.0.conv1", 16, 32) == pytest.approx(
+        table.cost(spec, 16, 32))
+    fake = FakeBackend()
+    alone = build_table(specs, runner_factory=fake.factory, clock=fake.clock, cache_dir=False,
+                        progress=False, bandwidth_gb_s=10.0, min_time_s=0.0, min_rounds=3, max_rounds=3)
+    assert LatencyModel(alone, graph, specs).conv_cost("layer2.0.conv1", 16, 32) == pytest.approx(
+        alone.cost(spec, 16, 32) + spec.weight_bytes(16, 32) / 10e6)
+
+
+def test_copies_follow_weight_bytes_and_macs():
+    from slimbench.bench.latency_table import LayerSpec
+
+    late = LayerSpec(512, 512, (3, 3), (1, 1), (1, 1), (1, 1), False, 2, 2)  # 9.4 MB of weights, 9.4M MACs
+    assert late.copies(512, 512, 32 * 2**20) == 4  # enough copies to outgrow a 32 MiB cache
+    assert late.copies(64, 64, 32 * 2**20) == latency_table.COPIES_MAX
+    early = LayerSpec(64, 64, (3, 3), (1, 1), (1, 1), (1, 1), False, 32, 32)  # 37.7M MACs per copy
+    assert early.copies(64, 64, 32 * 2**20) == latency_table.COPIES_MACS // early.macs(64, 64) == 4
+    big = LayerSpec(256, 256, (3, 3), (1, 1), (1, 1), (1, 1), False, 56, 56)
+    assert big.copies(256, 256, 32 * 2**20) == 2  # at least two: a layer's edges are always shared
+    strided = LayerSpec(64, 128, (1, 1), (2, 2), (0, 0), (1, 1), False, 8, 8)
+    assert strided.macs(64, 128) == 64 * 128 * 4 * 4

@@ -241,6 +241,14 @@ def test_target_latency_corrects_with_the_real_check(resnet20, stub):
     assert abs(plan.options["latency"]["measured_ratio"] - 0.5) < abs(seen[0] - 0.5)
 
 
+def test_target_latency_says_when_every_check_lands_far_too_fast(resnet20, stub):
+    model, x, *_ = resnet20
+    stub.measure_fn = lambda plan: 0.2  # misaligned widths: whatever is planned runs far faster than predicted
+    with pytest.warns(UserWarning, match=r"target_latency=0.5 was missed: .* runs at 0.200 .* faster than asked"):
+        plan = slimbench.plan(model, x, target_latency=0.5, latency=stub)
+    assert plan.options["latency"]["measured_ratio"] == 0.2
+
+
 def _kept(plan, name: str) -> int:
     layer = next(row for row in plan.layers if row["bn"] == name)
     return layer["after"]

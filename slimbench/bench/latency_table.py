@@ -21,9 +21,8 @@ What is sampled. Backends work on channel blocks, so latency is a staircase in t
 probe first times the widest conv at every multiple of 4 output channels (up to 64) and picks the
 widest block (16, 8 or 4) over which the cost is flat; every conv is then timed only at the ends of
 those blocks, at each end - 1 of the output channels (misaligned widths can cost more than the aligned
-end above them; measured here, input channels show no such penalty),
-every 4 channels inside the first block, and at its full width, once along its output channels
-(input full) and once along its input channels (output full).
+end above them; input channels show no such penalty), every 4 channels inside the first block, and at
+its full width, once along its output channels (input full) and once along its input (output full).
 ``cost(cin, cout) = a + (out(cout) - a) * (in(cin) - a) / (full - a)``: rank-1 in the widths (exact
 for the MACs term, which is bilinear) above a width-independent floor ``a`` that one more sample,
 both widths at their smallest, pins down (without it small spatial maps, where overhead dominates,
@@ -35,8 +34,8 @@ back-to-back runs): on a loaded machine other processes only ever add time, so t
 stable estimate of a layer's own cost (whole-model comparisons keep the harness's medians).
 
 Tables are cached as JSON under ``cache_dir`` keyed by backend, its version, the CPU model and the
-thread count (entries keyed by layer shape and batch): a second build is a
-file read, and any change of those keys builds a new file.
+thread count (entries by layer shape and batch): a second build is a file read, and any change of
+those keys builds a new file.
 """
 
 from __future__ import annotations

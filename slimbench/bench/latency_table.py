@@ -11,11 +11,9 @@ layers converts nothing. Copies whose weights outgrow the last-level cache, shar
 each end, are both. Measured on seven of vgg19's conv shapes (onnxruntime, 1 thread): per copy, within
 +1 to +7 % of each conv's time in the whole model's profile (the sums' reads), where the layer alone
 was 39 % (512->512 at 4x4) to 72 % (384->384 at 2x2) under it. Copies: enough that their weights pass
-the last-level cache, at most ``COPIES_MAX`` and ``COPIES_MACS`` in all, at least two. (A chain of
-copies, cin -> cout -> cin, was tried first: it mixes a layer's input and output curves.) The
-alternative, the whole model with one layer's width changed, costs a whole-model export and run per
-sample (minutes for resnet56); layers of the same shape (resnet56's 18 identical 16->16 convs) share
-one entry.
+the last-level cache, at most ``COPIES_MAX`` and ``COPIES_MACS`` in all, at least two. (A chain
+cin -> cout -> cin was tried first: it mixes a layer's input and output curves. The whole model with
+one layer's width changed costs a whole-model export per point.) Same-shape layers share one entry.
 
 What is sampled. Backends work on channel blocks, so latency is a staircase in the kept widths. A
 probe first times the widest conv at every multiple of 4 output channels (up to 64) and picks the
@@ -289,9 +287,10 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
     """Measure (or read from the cache) the curves of every layer shape in ``specs``.
 
     ``runner_factory(spec, cin, cout)`` returns the zero-argument runner timed for that width (default:
-    ``make_runner(backend, spec.module(cin, cout), spec.inputs(cin), threads=threads)``); ``clock`` is
-    passed to ``measure`` (tests inject simulated time). ``cache_dir=None``: ``default_cache_dir()``;
-    ``cache_dir=False``: no cache. ``key``: the cache key (default ``table_key(backend, threads)``).
+    ``make_runner(backend, spec.module(cin, cout, copies), spec.inputs(cin), threads=threads)``, copies
+    from ``LayerSpec.copies``, the time divided by them); ``clock`` is passed to ``measure`` (tests
+    inject simulated time). ``cache_dir=None``: ``default_cache_dir()``; ``cache_dir=False``: no cache.
+    ``key``: the cache key (default ``table_key(backend, threads)``).
     ``bandwidth_gb_s``: the memory bandwidth at which the predictor charges weight reads of layers a
     ``runner_factory`` timed alone (``latency_predict``; ``latency.weight_bandwidth`` measures one);
     default: the cached table's, else none. The default runners time each conv among copies of itself,

@@ -176,7 +176,7 @@ def latency_search(graph: ChannelGraph, opts: PlanOptions, decide: Callable, fin
         _unreachable(f"target_latency={opts.target_latency}", reached, opts.widths)
     elif not landed(reached, opts.target_latency):
         warnings.warn(f"target_latency={opts.target_latency} was missed: the closest of {len(tried)} plans checked "
-                      f"runs at {reached:.3f} of the unpruned latency, faster than asked (more pruned), where the "
+                      f"runs at {reached:.3f} of the unpruned latency, faster than asked, where the "
                       f"prediction said {best.options['latency']['predicted_ratio']:.3f}. Latency is not monotonic "
                       f"in the pruned amount where widths leave the backend's channel blocks; widths='latency' "
                       f"keeps whole blocks", stacklevel=4)

@@ -304,7 +304,6 @@ def test_a_conv_is_timed_among_copies_of_itself_and_charged_per_copy(resnet20, t
         return run
 
     monkeypatch.setitem(latency.BACKENDS, "fake", latency.Backend("fake", "fake", factory))
-    monkeypatch.setattr(latency, "weight_bandwidth", lambda *a, **k: pytest.fail("no bandwidth probe is needed"))
     table = build_table(specs, backend="fake", clock=lambda: now[0], cache_dir=tmp_path, progress=False,
                         key=table_key("fake", 1, version="1", cpu="fake"), min_time_s=0.0, min_rounds=3,
                         max_rounds=3)

@@ -8,8 +8,8 @@ bandwidth`` on top (``latency.weight_bandwidth`` measures one the backend's own 
 
 Why it matters: timed alone, vgg19's late 2x2 and 4x4 convs of pruned variants ran 1.5-5x their table
 cost in the whole model, the excess being their weight bytes at 14-16 GB/s. ``scale`` and ``constant``
-absorb what the tables cannot see (layout changes between layers of different widths, residual adds,
-pooling, the classifier): ``LatencyModel.calibrate`` fits them on whole-model runs
+absorb what the tables cannot see (layout conversions between layers, residual adds, pooling, each
+node's dispatch): ``LatencyModel.calibrate`` fits them on whole-model runs
 (``slimbench.pruning.latency_model``).
 """
 
@@ -69,10 +69,11 @@ class LatencyModel:
         return self.scale * self.layer_sum(keep_gid, removed) + self.constant
 
     def calibrate(self, points: list[tuple[float, float]]) -> LatencyModel:
-        """Fit scale and constant to ``[(layer_sum, measured ms), ...]`` (one point: constant only)."""
+        """Fit scale and constant to ``[(layer_sum, measured ms), ...]`` (one point: constant only), in
+        relative terms: a floor model a tenth of the unpruned one's latency weighs as much as it."""
         sums, measured = (np.asarray(v, dtype=float) for v in zip(*points, strict=True))
         if len(points) >= 2 and np.ptp(sums) > 0:
-            scale, constant = np.polyfit(sums, measured, 1)
+            scale, constant = np.polyfit(sums, measured, 1, w=1 / measured)
             if scale > 0:
                 self.scale, self.constant = float(scale), float(constant)
                 return self

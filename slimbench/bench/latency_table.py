@@ -17,15 +17,12 @@ one layer's width changed costs a whole-model export per point.) Same-shape laye
 
 What is sampled. Backends work on channel blocks, so latency is a staircase in the kept widths. A
 probe first times the widest conv at every multiple of 4 output channels (up to 64) and picks the
-widest block (16, 8 or 4) over which the cost is flat; every conv is then timed only at the ends of
-those blocks, at each end - 1 of the output channels (misaligned widths can cost more than the aligned
-end above them; input channels show no such penalty), every 4 channels inside the first block, and at
-its full width, once along its output channels (input full) and once along its input (output full).
-``cost(cin, cout) = a + (out(cout) - a) * (in(cin) - a) / (full - a)``: rank-1 in the widths (exact
-for the MACs term, which is bilinear) above a width-independent floor ``a`` that one more sample,
-both widths at their smallest, pins down (without it small spatial maps, where overhead dominates,
-were predicted far too cheap when both widths shrink); each curve is read at the smallest sampled
-width >= the kept one (the staircase). Depthwise convs have one curve (in = out = groups).
+widest block (16, 8 or 4) over which the cost is flat; every conv is then timed at the ends of those
+blocks, every 4 channels inside the first block, at 3 and each end - 1 (misaligned widths run other
+kernels), and at its full width, once along its output channels (input full) and once along its input
+(output full), plus one corner sample (both widths at their smallest aligned) for the floor that
+small spatial maps need. How the samples are read: ``latency_curves``. Depthwise convs have one curve
+(in = out = groups).
 
 Each point is the fastest of its interleaved samples (at least 15, each a mean over about 1 ms of
 back-to-back runs): on a loaded machine other processes only ever add time, so the minimum is the
@@ -51,13 +48,13 @@ from torch import nn
 
 from slimbench.analysis.graph import ChannelGraph
 from slimbench.bench.latency import cpu_model, get_backend, last_level_cache_bytes, make_runner, measure
+from slimbench.bench.latency_curves import PROBE_STEP, aligned, conv_cost, detect_step, grid, step_ends
 from slimbench.core.atomic import atomic_write_text
 
 __all__ = ["fastest", "LayerSpec", "LatencyTable", "layer_specs", "build_table", "table_key", "step_ends",
            "default_cache_dir"]
 
-FORMAT = "slimbench.latency-table/4"  # /2: the corner sample; /3: the memory bandwidth; /4: timed among copies
-PROBE_STEP = 4
+FORMAT = "slimbench.latency-table/5"  # /3: memory bandwidth; /4: timed among copies; /5: misaligned inputs
 COPIES_MAX = 8  # copies of a conv in one timed model, at most
 COPIES_MACS = 160_000_000  # multiply-accumulates of one timed model, at most (a run stays a few ms)
 CHUNK = 24  # runners timed together (interleaved) while a table is built
@@ -143,10 +140,12 @@ class _Copies(nn.Module):
 
 def layer_specs(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], graph: ChannelGraph
                 ) -> dict[str, LayerSpec]:
-    """conv name -> LayerSpec for every plain or depthwise ``nn.Conv2d`` the graph records (other
-    groupings, linears and everything else are left to the calibration constant)."""
+    """layer name -> LayerSpec for every plain or depthwise ``nn.Conv2d`` the graph records, and every
+    ``nn.Linear`` on a (batch, features) input, timed as the 1x1 conv on a 1x1 map it equals (a
+    classifier's weights are as many bytes as a mid-size conv's: mobilenet_v2's ran 0.24 ms of 7.2 at
+    full width and 0.05 ms pruned). Other groupings and everything else are left to the calibration."""
     modules = dict(model.named_modules())
-    wanted = {n: modules[n] for n in graph.convs if isinstance(modules.get(n), nn.Conv2d)}
+    wanted = {n: modules[n] for n in graph.convs if isinstance(modules.get(n), (nn.Conv2d, nn.Linear))}
     shapes: dict[str, tuple[int, ...]] = {}
     def record(name: str):
         def hook(_module, args) -> None:
@@ -166,6 +165,11 @@ def layer_specs(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], grap
             m.training = training
     specs = {}
     for name, conv in wanted.items():
+        if isinstance(conv, nn.Linear):
+            if len(shapes.get(name, ())) == 2:
+                specs[name] = LayerSpec(conv.in_features, conv.out_features, (1, 1), (1, 1), (0, 0), (1, 1), False,
+                                        1, 1, shapes[name][0])
+            continue
         depthwise = conv.groups == conv.in_channels == conv.out_channels and conv.groups > 1
         if (conv.groups > 1 and not depthwise) or name not in shapes or len(shapes[name]) != 4:
             continue
@@ -174,37 +178,6 @@ def layer_specs(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], grap
                                 tuple(conv.padding) if not isinstance(conv.padding, str) else (0, 0),
                                 tuple(conv.dilation), depthwise, height, width, batch)
     return specs
-
-
-def _grid(size: int, step: int, misaligned: bool = True) -> list[int]:
-    """Widths timed for a layer of ``size`` channels: every 4 inside the first block (input channels
-    below one block are often not blocked), every block end, and each block end - 1 (a misaligned
-    width, which a blocked kernel can run *slower* than the aligned one above it)."""
-    ends = [*range(step, size, step), size]
-    fine = range(PROBE_STEP, min(step, size), PROBE_STEP)
-    slower = [e - 1 for e in ends if misaligned and step > PROBE_STEP and e % step == 0]
-    return sorted({*fine, *ends, *slower})
-
-
-def step_ends(widths: list[int], costs: list[float], tol: float = 0.03) -> list[int]:
-    """The widths worth keeping: those every larger width costs more than (by more than ``tol``)."""
-    ends, cheapest = [], float("inf")
-    for w, c in sorted(zip(widths, costs, strict=True), reverse=True):
-        if c < cheapest * (1 - tol):
-            ends.append(w)
-            cheapest = c
-    return sorted(ends)
-
-
-def _detect_step(widths: list[int], costs: list[float], tol: float) -> int:
-    """The widest block (16, 8, 4) over which the probe's cost stays flat within ``tol``."""
-    table = dict(zip(widths, costs, strict=True))
-    for step in (16, 8):
-        blocks = [[table[w] for w in widths if hi - step < w <= hi] for hi in range(step, max(widths) + 1, step)]
-        blocks = [b for b in blocks if len(b) > 1]
-        if blocks and all(max(b) <= min(b) * (1 + tol) for b in blocks):
-            return step
-    return PROBE_STEP
 
 
 def table_key(backend: str, threads: int, version: str | None = None, cpu: str | None = None) -> dict:
@@ -229,13 +202,8 @@ class LatencyTable:
     cached_shapes: int = 0  # layer shapes of the last build_table read from the cache (the rest were measured)
 
     def cost(self, spec: LayerSpec, cin: int, cout: int) -> float:
-        entry = self.entries[spec.key]
-        out = _staircase(entry["out"], cout)
-        if spec.depthwise:
-            return out
-        full = _staircase(entry["out"], spec.out_channels)
-        floor = _floor(entry, full)
-        return floor + (out - floor) * (_staircase(entry["in"], cin) - floor) / (full - floor)
+        """The conv's cost (ms) at ``cin`` / ``cout`` kept (``latency_curves.conv_cost``)."""
+        return conv_cost(self.entries[spec.key], spec.depthwise, cin, cout, spec.in_channels, spec.out_channels)
 
     def ends(self, spec: LayerSpec, axis: str = "out", tol: float = 0.03) -> list[int]:
         widths, costs = zip(*self.entries[spec.key][axis], strict=True)
@@ -253,26 +221,6 @@ class LatencyTable:
         if data.get("format") != FORMAT:
             raise ValueError(f"{path}: not a slimbench latency table (format {data.get('format')!r})")
         return cls(data["key"], data["entries"], data.get("bandwidth_gb_s"))
-
-
-def _floor(entry: dict, full: float) -> float:
-    """The width-independent part of a conv's cost, from the corner sample (both widths at their
-    smallest): ``cost = floor + (out - floor) * (in - floor) / (full - floor)`` must give the corner."""
-    corner = entry.get("corner")
-    if corner is None:
-        return 0.0
-    o, i = entry["out"][0][1], entry["in"][0][1]
-    denominator = full + corner - o - i
-    if abs(denominator) < 1e-12:
-        return 0.0
-    return float(min(max((corner * full - o * i) / denominator, 0.0), 0.9 * min(o, i, full)))
-
-
-def _staircase(points: list[list[float]], width: int) -> float:
-    for w, ms in points:  # sorted by width
-        if w >= width:
-            return float(ms)
-    return float(points[-1][1])
 
 
 def _cache_path(cache_dir: Path, key: dict) -> Path:
@@ -350,32 +298,35 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
         step = max(set(steps), key=steps.count) if steps else _probe_step(missing, timed, tol)
         points = []
         for spec in missing:
-            outs = _grid(spec.out_channels, step)
-            points += [(spec, w if spec.depthwise else spec.in_channels, w) for w in outs]
+            points += [(spec, w if spec.depthwise else spec.in_channels, w) for w in grid(spec.out_channels, step)]
             if not spec.depthwise:
-                points += [(spec, w, spec.out_channels) for w in _grid(spec.in_channels, step, False)
+                points += [(spec, w, spec.out_channels) for w in grid(spec.in_channels, step)
                            if w != spec.in_channels]
-                corner = (_grid(spec.in_channels, step, False)[0], _grid(spec.out_channels, step)[0])
-                if corner != (spec.in_channels, spec.out_channels):
-                    points.append((spec, *corner))
+                if _corner(spec, step) != (spec.in_channels, spec.out_channels):
+                    points.append((spec, *_corner(spec, step)))
         times = timed(points)
         for spec in missing:
             full = times[(spec.key, spec.in_channels, spec.out_channels)]
             out = [[w, times[(spec.key, w if spec.depthwise else spec.in_channels, w)]]
-                   for w in _grid(spec.out_channels, step)]
+                   for w in grid(spec.out_channels, step)]
             inn = out if spec.depthwise else [
                 [w, times[(spec.key, w, spec.out_channels)] if w != spec.in_channels else full]
-                for w in _grid(spec.in_channels, step, False)]
+                for w in grid(spec.in_channels, step)]
             # timed among copies: the cost includes reading the weights from memory (latency_predict)
             table.entries[spec.key] = {"step": step, "out": out, "in": inn, "weights_read": runner_factory is None}
-            corner = (_grid(spec.in_channels, step, False)[0], _grid(spec.out_channels, step)[0])
-            if not spec.depthwise and corner != (spec.in_channels, spec.out_channels):
-                table.entries[spec.key]["corner"] = times[(spec.key, *corner)]
+            if not spec.depthwise and _corner(spec, step) != (spec.in_channels, spec.out_channels):
+                table.entries[spec.key]["corner"] = times[(spec.key, *_corner(spec, step))]
     if path is not None and (missing or given_bandwidth):
         path.parent.mkdir(parents=True, exist_ok=True)
         table.save(path)
     table.build_seconds = time.perf_counter() - started
     return table
+
+
+def _corner(spec: LayerSpec, step: int) -> tuple[int, int]:
+    """Both widths at their smallest aligned sample: pins the width-independent floor."""
+    return tuple(next(w for w in grid(size, step) if aligned(w, size))  # type: ignore[return-value]
+                 for size in (spec.in_channels, spec.out_channels))
 
 
 def _probe_step(specs: list[LayerSpec], timed, tol: float) -> int:
@@ -388,7 +339,7 @@ def _probe_step(specs: list[LayerSpec], timed, tol: float) -> int:
     widths = list(range(PROBE_STEP, min(widest.out_channels, 64) + 1, PROBE_STEP))
     cin = lambda w: w if widest.depthwise else widest.in_channels  # noqa: E731
     times = timed([(widest, cin(w), w) for w in widths])
-    return _detect_step(widths, [times[(widest.key, cin(w), w)] for w in widths], tol)
+    return detect_step(widths, [times[(widest.key, cin(w), w)] for w in widths], tol)
 
 
 def _progress(total: int, enabled: bool, desc: str):

@@ -71,17 +71,18 @@ def latency_widths(graph: ChannelGraph, lm: LatencyModel, importance: np.ndarray
             continue
         order = cand[np.argsort(-importance[cand], kind="stable")]
         fixed = len(layer) - cand.size
-        counts = list(range(0 if fixed else 1, cand.size + 1))
+        # widths whole blocks of the backend's kernels: below one block or off the block grid the
+        # backend changes layout between layers, which one-layer timings cannot see (measured on vgg19:
+        # such plans ran 45 % slower than predicted). Step ends are found among those widths only: a
+        # misaligned width that costs less must not hide the aligned one below it
+        block = max(lm.table.entries[lm.specs[c].key]["step"] for c in convs)
+        counts = [k for k in range(0 if fixed else 1, cand.size + 1) if (fixed + k) % block == 0 or k == cand.size]
         curve = []
         for k in counts:
             keep_class[order[k:]] = False
             curve.append(lm.layer_sum(keep_class[graph.class_of], names=convs))
             keep_class[order] = True
-        # widths whole blocks of the backend's kernels: below one block or off the block grid the
-        # backend changes layout between layers, which one-layer timings cannot see (measured on vgg19:
-        # such plans ran 45 % slower than predicted)
-        block = max(lm.table.entries[lm.specs[c].key]["step"] for c in convs)
-        allowed = [k for k in step_ends(counts, curve, tol) if (fixed + k) % block == 0 or k == cand.size]
+        allowed = step_ends(counts, curve, tol)
         state.append([order, allowed, len(allowed) - 1, convs])
     prune = np.zeros(graph.n_classes, dtype=bool)
     met = False

@@ -28,12 +28,15 @@ STEP = 8
 
 
 class FakeBackend:
-    """Runners that advance a simulated clock by a staircase cost: ceil(cin/8) * ceil(cout/8) blocks."""
+    """Runners that advance a simulated clock by onnxruntime's shape of cost: widths that are multiples
+    of 4 (or the layer's own) run blocked, ceil(cin/8) * ceil(cout/8) blocks; any other width runs an
+    unblocked kernel, linear in both widths and ``penalty`` times the blocks' rate."""
 
-    def __init__(self, step: int = STEP, overhead: float = 0.0) -> None:
+    def __init__(self, step: int = STEP, overhead: float = 0.0, penalty: float = 1.5) -> None:
         self.now = 0.0
         self.step = step
         self.overhead = overhead
+        self.penalty = penalty
         self.calls: list[tuple[str, int, int]] = []
 
     def clock(self) -> float:
@@ -41,8 +44,12 @@ class FakeBackend:
 
     def cost(self, spec, cin: int, cout: int) -> float:
         # a constant plus a bilinear term: the table's floor + rank-1 model is then exact
-        blocks = math.ceil(cout / self.step) * (1 if spec.depthwise else math.ceil(cin / self.step))
-        return self.overhead + 1e-6 * blocks * spec.kernel[0] * spec.kernel[1] * spec.height * spec.width / 64
+        blocked = all(w % 4 == 0 or w == size for w, size in ((cin, spec.in_channels), (cout, spec.out_channels)))
+        if blocked:
+            work = math.ceil(cout / self.step) * (1 if spec.depthwise else math.ceil(cin / self.step))
+        else:
+            work = self.penalty * cout / self.step * (1 if spec.depthwise else cin / self.step)
+        return self.overhead + 1e-6 * work * spec.kernel[0] * spec.kernel[1] * spec.height * spec.width / 64
 
     def factory(self, spec, cin: int, cout: int):
         self.calls.append((spec.key, cin, cout))
@@ -70,8 +77,11 @@ def resnet20():
 
 def test_layer_specs_dedupe_resnet20(resnet20):
     model, _, graph, specs = resnet20
-    assert len(specs) == 19  # every conv of resnet20
-    assert len({s.key for s in specs.values()}) == 6  # stem, 3 plain shapes, 2 strided
+    assert len(specs) == 20  # every conv of resnet20 and its classifier
+    assert len({s.key for s in specs.values()}) == 7  # stem, 3 plain shapes, 2 strided, the classifier
+    fc = specs["fc"]  # timed as the 1x1 conv on a 1x1 map it equals
+    assert (fc.in_channels, fc.out_channels, fc.kernel, fc.height, fc.width) == (64, 10, (1, 1), 1, 1)
+    assert fc.weight_bytes(64, 10) == 4 * model.fc.weight.numel()
     assert specs["conv1"].in_channels == 3 and (specs["conv1"].height, specs["conv1"].width) == (32, 32)
 
 
@@ -87,13 +97,27 @@ def test_fake_staircase_yields_its_step_ends_exactly(resnet20, tmp_path):
     table = _build(specs, fake, tmp_path)
     for spec in specs.values():
         assert table.entries[spec.key]["step"] == STEP
-        assert table.ends(spec, "out") == list(range(STEP, spec.out_channels + 1, STEP))
+        aligned_ends = {axis: [w for w in table.ends(spec, axis) if w % 4 == 0] for axis in ("out", "in")}
+        assert aligned_ends["out"] == list(range(STEP, spec.out_channels + 1, STEP))
         if spec.in_channels > STEP:
-            assert table.ends(spec, "in") == list(range(STEP, spec.in_channels + 1, STEP))
+            assert aligned_ends["in"] == list(range(STEP, spec.in_channels + 1, STEP))
         for cin, cout in [(spec.in_channels, spec.out_channels), (min(5, spec.in_channels), 9)]:
             assert table.cost(spec, cin, cout) == pytest.approx(fake.cost(spec, cin, cout) * 1e3, rel=1e-6)
     sampled = {c for _, cin, cout in fake.calls for c in (cin, cout)}
-    assert sampled <= {3, *range(4, 65, 4), *range(7, 64, 8)}  # block ends (and end - 1), never every width
+    assert sampled <= {3, *range(4, 65, 4), *range(7, 64, 8), 10}  # block ends (and end - 1), never every width
+
+
+def test_misaligned_widths_are_read_on_the_unblocked_kernels_line(resnet20, tmp_path):
+    # onnxruntime runs a width that is not a multiple of 4 on a plain kernel: it costs more than the
+    # block end above it, linearly in both widths; a multiple of 4 pads to its block
+    *_, specs = resnet20
+    fake = FakeBackend(overhead=2e-5)
+    table = _build(specs, fake, tmp_path)
+    spec = specs["layer3.1.conv1"]  # 64 -> 64
+    for cin, cout in [(64, 23), (23, 64), (37, 21), (32, 45), (45, 32), (2, 62), (63, 1), (12, 20)]:
+        assert table.cost(spec, cin, cout) == pytest.approx(fake.cost(spec, cin, cout) * 1e3, rel=1e-6), (cin, cout)
+    assert table.cost(spec, 64, 23) > table.cost(spec, 64, 24)  # off the blocks: dearer than the end above
+    assert table.cost(spec, 64, 20) == table.cost(spec, 64, 24)  # a multiple of 4 costs its block
 
 
 def test_a_width_independent_overhead_is_separated_by_the_corner_sample(resnet20, tmp_path):
@@ -167,7 +191,7 @@ def test_weight_reads_are_charged_at_the_tables_memory_bandwidth(resnet20, tmp_p
                         min_time_s=0.0, min_rounds=3, max_rounds=3)
     lm = LatencyModel(table, graph, specs)
     compute = sum(fake.cost(s, s.in_channels, s.out_channels) for s in specs.values()) * 1e3
-    weights = sum(s.in_channels * s.out_channels * 9 * 4 for s in specs.values())  # every conv 3x3, float32
+    weights = sum(s.weight_bytes(s.in_channels, s.out_channels) for s in specs.values())
     assert lm.predict() == pytest.approx(compute + weights / 0.5e6)  # 0.5 GB/s = 5e5 bytes per ms
     # halving a layer's output channels halves its weight bytes (and the next conv's)
     keep = np.ones(graph.n_gids, dtype=bool)
@@ -265,6 +289,18 @@ def test_latency_widths_keep_step_ends_only(resnet20, stub):
         assert _kept(aware, name) % STEP == 0, (name, _kept(aware, name))
     assert aware.pruned_channels >= 0.5 * plain.pruned_channels
     assert aware.options["latency"]["predicted_ratio"] < 1
+
+
+def test_latency_widths_do_not_depend_on_what_misaligned_widths_cost(resnet20, tmp_path):
+    # widths="latency" keeps whole blocks only: a misaligned width that runs cheaper than the block end
+    # below it must not make that block end look dominated (it did: vgg19 fell to 16-channel layers)
+    model, x, graph, specs = resnet20
+    plans = []
+    for penalty in (1.5, 0.3):
+        lm = LatencyModel(_build(specs, FakeBackend(penalty=penalty), tmp_path / str(penalty)), graph, specs)
+        plans.append(slimbench.plan(model, x, ratio=0.5, widths="latency", latency=lm))
+    assert [r["after"] for r in plans[0].layers] == [r["after"] for r in plans[1].layers]
+    assert all(_kept(plans[1], r["bn"]) % STEP == 0 for r in plans[1].layers if r["before"] > r["after"])
 
 
 def test_latency_widths_drop_steps_that_buy_no_gamma(resnet20, stub):

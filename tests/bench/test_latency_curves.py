@@ -1,0 +1,58 @@
+"""How a latency curve is sampled and read: staircase on aligned widths, a line through misaligned ones."""
+
+from __future__ import annotations
+
+import pytest
+
+from slimbench.bench.latency_curves import aligned, conv_cost, detect_step, grid
+
+
+def test_grid_samples_block_ends_the_first_block_and_the_misaligned_widths():
+    assert grid(48, 16) == [3, 4, 8, 12, 15, 16, 31, 32, 47, 48]
+    assert grid(24, 16) == [3, 4, 8, 12, 15, 16, 23, 24]  # the full width's end - 1 too
+    assert grid(3, 16) == [3]  # a stem's RGB input: only its own width
+    assert grid(48, 4) == list(range(4, 49, 4))  # no blocks wider than 4: nothing runs off them
+
+
+def test_aligned_widths_are_multiples_of_4_or_the_layers_own():
+    assert aligned(20, 64) and aligned(3, 3) and not aligned(23, 64)
+
+
+def _entry(size: int, blocked, unblocked, corner=None) -> dict:
+    curve = [[w, blocked(w) if aligned(w, size) else unblocked(w)] for w in grid(size, 16)]
+    entry = {"step": 16, "out": curve, "in": curve}
+    if corner is not None:
+        entry["corner"] = corner
+    return entry
+
+
+def test_depthwise_reads_the_staircase_when_aligned_and_the_line_when_not():
+    entry = _entry(64, lambda w: -(-w // 16) * 1.0, lambda w: 0.2 * w)
+    assert conv_cost(entry, True, 20, 20, 20, 64) == 2.0  # 20 pads to 32: two blocks
+    assert conv_cost(entry, True, 23, 23, 23, 64) == pytest.approx(4.6)  # between the samples at 15 and 31
+    assert conv_cost(entry, True, 1, 1, 1, 64) == pytest.approx(0.2)  # below the first sample: extended
+    assert conv_cost(entry, True, 64, 64, 64, 64) == 4.0
+
+
+def test_a_conv_pays_the_unblocked_kernel_once_when_either_width_is_misaligned():
+    # along out at full input: blocked w/16 blocks of 4 input blocks; unblocked 1.5x, linear
+    size = 64
+    out = [[w, (-(-w // 16) * 4.0) if aligned(w, size) else 1.5 * w / 16 * 4] for w in grid(size, 16)]
+    entry = {"step": 16, "out": out, "in": out, "corner": 1.0}  # blocked at (4, 4): one block of one
+    assert conv_cost(entry, False, 64, 64, 64, 64) == pytest.approx(16.0)
+    assert conv_cost(entry, False, 32, 32, 64, 64) == pytest.approx(4.0)
+    assert conv_cost(entry, False, 64, 23, 64, 64) == pytest.approx(1.5 * 23 / 16 * 4)
+    # both sides on the unblocked lines: 1.5 * (cin / 16) * (cout / 16), once
+    assert conv_cost(entry, False, 32, 23, 64, 64) == pytest.approx(1.5 * 2 * 23 / 16)
+    assert conv_cost(entry, False, 23, 23, 64, 64) == pytest.approx(1.5 * (23 / 16) ** 2)
+
+
+def test_detect_step_finds_the_widest_flat_block():
+    widths = list(range(4, 65, 4))
+    assert detect_step(widths, [float(-(-w // 16)) for w in widths], 0.03) == 16
+    assert detect_step(widths, [float(-(-w // 8)) for w in widths], 0.03) == 8
+    assert detect_step(widths, [float(w) for w in widths], 0.03) == 4
+    noisy = [float(-(-w // 16)) * (1.2 if w == 36 else 1.0) for w in widths]  # one sample disturbed
+    assert detect_step(widths, noisy, 0.03) == 16
+    creeping = [float(-(-w // 16)) + 0.01 * (w % 16) for w in widths]  # +10 % inside each block
+    assert detect_step(widths, creeping, 0.03) == 16

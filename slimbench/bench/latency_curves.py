@@ -2,18 +2,21 @@
 
 Backends run convs on channel blocks, so latency is a staircase in the kept widths. onnxruntime pads
 any width that is a multiple of 4 (``PROBE_STEP``) up to its block (16 channels with AVX-512 here):
-the table's probe times multiples of 4 and finds the cost flat over each block. A width that is *not*
-a multiple of 4, on either side of a conv, takes the conv off the blocked kernels onto a plain one
-whose cost grows about linearly with the widths and can exceed the block end above: profiled inside
-mobilenet_v2 at 224, a depthwise conv of 72 channels ran in 0.028 ms, one of 79 in 0.30 ms.
+the table's probe times multiples of 4 and finds the cost flat over each block. A conv whose kept
+*output* width is not a multiple of 4 leaves the blocked kernels for a plain one whose cost grows about
+linearly with the width and can exceed the block end above: profiled inside mobilenet_v2 at 224, a
+depthwise conv of 72 channels ran in 0.028 ms, one of 79 in 0.30 ms.
 
-So a curve holds two kinds of samples. Aligned ones (every 4 inside the first block, every block end,
-the full width) are read as a staircase: a kept width costs the smallest aligned sample at or above
-it. Misaligned ones (3 and every block end - 1) are read by linear interpolation. A conv whose kept
-widths are both aligned (or full) costs by the staircases; otherwise by the misaligned samples, both
-widths on that kernel's lines. ``cost = a + (out(cout) - a) * (in(cin) - a) / (full - a)`` in both
-cases: rank-1 in the widths above a width-independent floor ``a`` that the corner sample (both
-widths at their smallest aligned) pins down.
+So the output curve holds two kinds of samples. Aligned ones (every 4 inside the first block, every
+block end, the full width) are read as a staircase: a kept width costs the smallest aligned sample at
+or above it. Misaligned ones (3 and every block end - 1) are read by linear interpolation. The input
+curve is read as a staircase over its aligned samples, a misaligned input width at its block: what an
+input off the blocks costs depends on the layer that produces it, which a one-layer table cannot see
+(measured: a misaligned input ran 3.7x its block on vgg19's 2x2 maps, and about its block inside
+densenet40, whose inputs are concatenations that every conv converts anyway; pricing inputs on their
+misaligned samples put densenet40's misaligned plans 30 % above its blocked ones).
+``cost = a + (out(cout) - a) * (in(cin) - a) / (full - a)``: rank-1 in the widths above a
+width-independent floor ``a`` that the corner sample (both widths at their smallest aligned) pins down.
 """
 
 from __future__ import annotations
@@ -31,14 +34,14 @@ def aligned(width: int, size: int) -> bool:
     return width % PROBE_STEP == 0 or width == size
 
 
-def grid(size: int, step: int) -> list[int]:
+def grid(size: int, step: int, misaligned: bool = True) -> list[int]:
     """Widths timed along one side of a layer of ``size`` channels: every 4 inside the first block
-    (small widths are often not blocked), every block end, and, where blocks are wider than 4, 3 and
-    each block end - 1 (the misaligned widths)."""
+    (small widths are often not blocked), every block end, and, where blocks are wider than 4 and
+    ``misaligned``, 3 and each block end - 1."""
     ends = [*range(step, size, step), size]
     fine = range(PROBE_STEP, min(step, size), PROBE_STEP)
     slower = []
-    if step > PROBE_STEP:
+    if misaligned and step > PROBE_STEP:
         slower = [e - 1 for e in ends if e % PROBE_STEP == 0] + ([PROBE_STEP - 1] if size > PROBE_STEP else [])
     return sorted({*fine, *ends, *slower})
 
@@ -109,17 +112,12 @@ def _floor(corner: float | None, out: float, inn: float, full: float) -> float:
 def conv_cost(entry: dict, depthwise: bool, cin: int, cout: int, in_size: int, out_size: int) -> float:
     """The cost (ms) of a table entry's conv at ``cin`` / ``cout`` kept (``*_size``: its full widths)."""
     out_on, _ = _split(entry["out"])
+    out = _stair(out_on, cout) if aligned(cout, out_size) else _line(entry["out"], cout)
     if depthwise:
-        return _stair(out_on, cout) if aligned(cout, out_size) else _line(entry["out"], cout)
+        return out
     in_on, _ = _split(entry["in"])
     full = _stair(out_on, out_size)
     floor = _floor(entry.get("corner"), out_on[0][1], in_on[0][1], full)
-    if aligned(cin, in_size) and aligned(cout, out_size):
-        out, inn = _stair(out_on, cout), _stair(in_on, cin)
-    else:  # off the blocked kernels: both widths on the misaligned samples' lines
-        full = _line(entry["out"], out_size)
-        out = _line(entry["out"], cout) if cout != out_size else full
-        inn = _line(entry["in"], cin) if cin != in_size else full
     if full - floor <= 1e-12:
         return float(out)
-    return float(floor + (out - floor) * (inn - floor) / (full - floor))
+    return float(floor + (out - floor) * (_stair(in_on, cin) - floor) / (full - floor))

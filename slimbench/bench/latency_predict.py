@@ -69,11 +69,10 @@ class LatencyModel:
         return self.scale * self.layer_sum(keep_gid, removed) + self.constant
 
     def calibrate(self, points: list[tuple[float, float]]) -> LatencyModel:
-        """Fit scale and constant to ``[(layer_sum, measured ms), ...]`` (one point: constant only), in
-        relative terms: a floor model a tenth of the unpruned one's latency weighs as much as it."""
+        """Fit scale and constant to ``[(layer_sum, measured ms), ...]`` (one point: constant only)."""
         sums, measured = (np.asarray(v, dtype=float) for v in zip(*points, strict=True))
         if len(points) >= 2 and np.ptp(sums) > 0:
-            scale, constant = np.polyfit(sums, measured, 1, w=1 / measured)
+            scale, constant = np.polyfit(sums, measured, 1)
             if scale > 0:
                 self.scale, self.constant = float(scale), float(constant)
                 return self

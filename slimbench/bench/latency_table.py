@@ -17,12 +17,12 @@ one layer's width changed costs a whole-model export per point.) Same-shape laye
 
 What is sampled. Backends work on channel blocks, so latency is a staircase in the kept widths. A
 probe first times the widest conv at every multiple of 4 output channels (up to 64) and picks the
-widest block (16, 8 or 4) over which the cost is flat; every conv is then timed at the ends of those
-blocks, every 4 channels inside the first block, at 3 and each end - 1 (misaligned widths run other
-kernels), and at its full width, once along its output channels (input full) and once along its input
-(output full), plus one corner sample (both widths at their smallest aligned) for the floor that
-small spatial maps need. How the samples are read: ``latency_curves``. Depthwise convs have one curve
-(in = out = groups).
+widest block (16, 8 or 4) at whose ends the cost jumps; every conv is then timed at the ends of those
+blocks, every 4 channels inside the first block and at its full width, once along its output channels
+(input full), there also at 3 and each end - 1 (misaligned outputs run other kernels), and once along
+its input (output full), plus one corner sample (both widths at their smallest aligned) for the floor
+that small spatial maps need. How the samples are read: ``latency_curves``. Depthwise convs have one
+curve (in = out = groups).
 
 Each point is the fastest of its interleaved samples (at least 15, each a mean over about 1 ms of
 back-to-back runs): on a loaded machine other processes only ever add time, so the minimum is the
@@ -300,7 +300,7 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
         for spec in missing:
             points += [(spec, w if spec.depthwise else spec.in_channels, w) for w in grid(spec.out_channels, step)]
             if not spec.depthwise:
-                points += [(spec, w, spec.out_channels) for w in grid(spec.in_channels, step)
+                points += [(spec, w, spec.out_channels) for w in grid(spec.in_channels, step, False)
                            if w != spec.in_channels]
                 if _corner(spec, step) != (spec.in_channels, spec.out_channels):
                     points.append((spec, *_corner(spec, step)))
@@ -311,7 +311,7 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
                    for w in grid(spec.out_channels, step)]
             inn = out if spec.depthwise else [
                 [w, times[(spec.key, w, spec.out_channels)] if w != spec.in_channels else full]
-                for w in grid(spec.in_channels, step)]
+                for w in grid(spec.in_channels, step, False)]
             # timed among copies: the cost includes reading the weights from memory (latency_predict)
             table.entries[spec.key] = {"step": step, "out": out, "in": inn, "weights_read": runner_factory is None}
             if not spec.depthwise and _corner(spec, step) != (spec.in_channels, spec.out_channels):

@@ -12,6 +12,7 @@ def test_grid_samples_block_ends_the_first_block_and_the_misaligned_widths():
     assert grid(24, 16) == [3, 4, 8, 12, 15, 16, 23, 24]  # the full width's end - 1 too
     assert grid(3, 16) == [3]  # a stem's RGB input: only its own width
     assert grid(48, 4) == list(range(4, 49, 4))  # no blocks wider than 4: nothing runs off them
+    assert grid(48, 16, misaligned=False) == [4, 8, 12, 16, 32, 48]  # an input curve
 
 
 def test_aligned_widths_are_multiples_of_4_or_the_layers_own():
@@ -34,17 +35,17 @@ def test_depthwise_reads_the_staircase_when_aligned_and_the_line_when_not():
     assert conv_cost(entry, True, 64, 64, 64, 64) == 4.0
 
 
-def test_a_conv_pays_the_unblocked_kernel_once_when_either_width_is_misaligned():
-    # along out at full input: blocked w/16 blocks of 4 input blocks; unblocked 1.5x, linear
+def test_a_misaligned_output_runs_the_unblocked_line_and_an_input_its_block():
+    # along out at full input: w/16 blocks (rounded up) of 4 input blocks; unblocked 1.5x, linear
     size = 64
     out = [[w, (-(-w // 16) * 4.0) if aligned(w, size) else 1.5 * w / 16 * 4] for w in grid(size, 16)]
-    entry = {"step": 16, "out": out, "in": out, "corner": 1.0}  # blocked at (4, 4): one block of one
+    inn = [[w, -(-w // 16) * 4.0] for w in grid(size, 16, misaligned=False)]
+    entry = {"step": 16, "out": out, "in": inn, "corner": 1.0}  # blocked at (4, 4): one block of one
     assert conv_cost(entry, False, 64, 64, 64, 64) == pytest.approx(16.0)
     assert conv_cost(entry, False, 32, 32, 64, 64) == pytest.approx(4.0)
     assert conv_cost(entry, False, 64, 23, 64, 64) == pytest.approx(1.5 * 23 / 16 * 4)
-    # both sides on the unblocked lines: 1.5 * (cin / 16) * (cout / 16), once
-    assert conv_cost(entry, False, 32, 23, 64, 64) == pytest.approx(1.5 * 2 * 23 / 16)
-    assert conv_cost(entry, False, 23, 23, 64, 64) == pytest.approx(1.5 * (23 / 16) ** 2)
+    assert conv_cost(entry, False, 32, 23, 64, 64) == pytest.approx(1.5 * 23 / 16 * 2)  # input: 2 blocks
+    assert conv_cost(entry, False, 23, 32, 64, 64) == conv_cost(entry, False, 32, 32, 64, 64)
 
 
 def test_detect_step_finds_the_widest_flat_block():

@@ -28,9 +28,9 @@ STEP = 8
 
 
 class FakeBackend:
-    """Runners that advance a simulated clock by onnxruntime's shape of cost: widths that are multiples
-    of 4 (or the layer's own) run blocked, ceil(cin/8) * ceil(cout/8) blocks; any other width runs an
-    unblocked kernel, linear in both widths and ``penalty`` times the blocks' rate."""
+    """Runners that advance a simulated clock by onnxruntime's shape of cost: ceil(cin/8) * ceil(cout/8)
+    blocks, except that an output width that is not a multiple of 4 (nor the layer's own) runs an
+    unblocked kernel, linear in it and ``penalty`` times the blocks' rate."""
 
     def __init__(self, step: int = STEP, overhead: float = 0.0, penalty: float = 1.5) -> None:
         self.now = 0.0
@@ -44,11 +44,9 @@ class FakeBackend:
 
     def cost(self, spec, cin: int, cout: int) -> float:
         # a constant plus a bilinear term: the table's floor + rank-1 model is then exact
-        blocked = all(w % 4 == 0 or w == size for w, size in ((cin, spec.in_channels), (cout, spec.out_channels)))
-        if blocked:
-            work = math.ceil(cout / self.step) * (1 if spec.depthwise else math.ceil(cin / self.step))
-        else:
-            work = self.penalty * cout / self.step * (1 if spec.depthwise else cin / self.step)
+        blocked = cout % 4 == 0 or cout == spec.out_channels
+        outs = math.ceil(cout / self.step) if blocked else self.penalty * cout / self.step
+        work = outs * (1 if spec.depthwise else math.ceil(cin / self.step))
         return self.overhead + 1e-6 * work * spec.kernel[0] * spec.kernel[1] * spec.height * spec.width / 64
 
     def factory(self, spec, cin: int, cout: int):
@@ -108,8 +106,8 @@ def test_fake_staircase_yields_its_step_ends_exactly(resnet20, tmp_path):
 
 
 def test_misaligned_widths_are_read_on_the_unblocked_kernels_line(resnet20, tmp_path):
-    # onnxruntime runs a width that is not a multiple of 4 on a plain kernel: it costs more than the
-    # block end above it, linearly in both widths; a multiple of 4 pads to its block
+    # onnxruntime runs an output width that is not a multiple of 4 on a plain kernel: it costs more
+    # than the block end above it, linearly; a multiple of 4 pads to its block; an input is read at its block
     *_, specs = resnet20
     fake = FakeBackend(overhead=2e-5)
     table = _build(specs, fake, tmp_path)
@@ -118,6 +116,9 @@ def test_misaligned_widths_are_read_on_the_unblocked_kernels_line(resnet20, tmp_
         assert table.cost(spec, cin, cout) == pytest.approx(fake.cost(spec, cin, cout) * 1e3, rel=1e-6), (cin, cout)
     assert table.cost(spec, 64, 23) > table.cost(spec, 64, 24)  # off the blocks: dearer than the end above
     assert table.cost(spec, 64, 20) == table.cost(spec, 64, 24)  # a multiple of 4 costs its block
+    assert table.cost(spec, 21, 64) == table.cost(spec, 23, 64) == table.cost(spec, 24, 64)  # 8-channel blocks
+    entry = table.entries[spec.key]
+    assert {w for w, _ in entry["out"]} > {w for w, _ in entry["in"]} and 23 not in {w for w, _ in entry["in"]}
 
 
 def test_a_width_independent_overhead_is_separated_by_the_corner_sample(resnet20, tmp_path):

@@ -86,12 +86,9 @@ def _stair(curve: Curve, width: int) -> float:
     return float(curve[-1][1])
 
 
-def _line(curve: Curve, width: int) -> float:
-    """Linear through the misaligned samples, extended past the first or last two (the full width is
-    aligned, and widths 1 and 2 lie below the first sample)."""
-    _, off = _split(curve)
-    if not off:
-        return _stair(curve, width)
+def _line(off: Curve, width: int) -> float:
+    """Linear through the misaligned samples ``off``, extended past the first or last two (the full
+    width is aligned, and widths 1 and 2 lie below the first sample)."""
     xs, ys = [p[0] for p in off], [p[1] for p in off]
     if len(xs) > 1 and not xs[0] <= width <= xs[-1]:
         i = 0 if width < xs[0] else -2
@@ -111,8 +108,8 @@ def _floor(corner: float | None, out: float, inn: float, full: float) -> float:
 
 def conv_cost(entry: dict, depthwise: bool, cin: int, cout: int, in_size: int, out_size: int) -> float:
     """The cost (ms) of a table entry's conv at ``cin`` / ``cout`` kept (``*_size``: its full widths)."""
-    out_on, _ = _split(entry["out"])
-    out = _stair(out_on, cout) if aligned(cout, out_size) else _line(entry["out"], cout)
+    out_on, out_off = _split(entry["out"])
+    out = _line(out_off, cout) if out_off and not aligned(cout, out_size) else _stair(out_on, cout)
     if depthwise:
         return out
     in_on, _ = _split(entry["in"])

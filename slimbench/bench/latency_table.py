@@ -54,7 +54,7 @@ from slimbench.core.atomic import atomic_write_text
 __all__ = ["fastest", "LayerSpec", "LatencyTable", "layer_specs", "build_table", "table_key", "step_ends",
            "default_cache_dir"]
 
-FORMAT = "slimbench.latency-table/5"  # /3: memory bandwidth; /4: timed among copies; /5: misaligned inputs
+FORMAT = "slimbench.latency-table/5"  # /3: memory bandwidth; /4: timed among copies; /5: misaligned outputs
 COPIES_MAX = 8  # copies of a conv in one timed model, at most
 COPIES_MACS = 160_000_000  # multiply-accumulates of one timed model, at most (a run stays a few ms)
 CHUNK = 24  # runners timed together (interleaved) while a table is built
@@ -297,13 +297,15 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
         steps = [e["step"] for e in table.entries.values()]
         step = max(set(steps), key=steps.count) if steps else _probe_step(missing, timed, tol)
         points = []
+        corners = {spec.key: _corner(spec, step) for spec in missing if not spec.depthwise}
+        corners = {k: c for k, c in corners.items() if c != (unique[k].in_channels, unique[k].out_channels)}
         for spec in missing:
             points += [(spec, w if spec.depthwise else spec.in_channels, w) for w in grid(spec.out_channels, step)]
             if not spec.depthwise:
                 points += [(spec, w, spec.out_channels) for w in grid(spec.in_channels, step, False)
                            if w != spec.in_channels]
-                if _corner(spec, step) != (spec.in_channels, spec.out_channels):
-                    points.append((spec, *_corner(spec, step)))
+            if spec.key in corners:
+                points.append((spec, *corners[spec.key]))
         times = timed(points)
         for spec in missing:
             full = times[(spec.key, spec.in_channels, spec.out_channels)]
@@ -314,8 +316,8 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
                 for w in grid(spec.in_channels, step, False)]
             # timed among copies: the cost includes reading the weights from memory (latency_predict)
             table.entries[spec.key] = {"step": step, "out": out, "in": inn, "weights_read": runner_factory is None}
-            if not spec.depthwise and _corner(spec, step) != (spec.in_channels, spec.out_channels):
-                table.entries[spec.key]["corner"] = times[(spec.key, *_corner(spec, step))]
+            if spec.key in corners:
+                table.entries[spec.key]["corner"] = times[(spec.key, *corners[spec.key])]
     if path is not None and (missing or given_bandwidth):
         path.parent.mkdir(parents=True, exist_ok=True)
         table.save(path)

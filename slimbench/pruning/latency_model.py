@@ -9,8 +9,8 @@ interleaved sample (``latency_table.fastest``). Why both: the table cannot see l
 between layers (misaligned plans pay them) nor what an off-block input costs; fitted on misaligned
 plans only, the constant absorbed those and overpriced small blocked plans (mobilenet_v2's
 latency-aware plan by 23 %); on blocked plans only, densenet40's misaligned plans were 35 % off.
-The pruning function is passed in:
-this module sits between ``plan`` and ``surgery`` and imports neither's caller.
+The pruning function is passed in: this module sits between ``plan`` and ``surgery`` and imports
+neither's caller.
 """
 
 from __future__ import annotations

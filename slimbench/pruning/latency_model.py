@@ -72,14 +72,16 @@ def latency_model(model: nn.Module, example_inputs: ExampleInputs, *, prune_fn: 
     residual = graph.options.get("residual", DEFAULT_RESIDUAL)
     step = max(entry["step"] for entry in table.entries.values()) if table.entries else 1
 
-    def uniform(ratio: float, round_to: int) -> PruningPlan:
+    plans: dict[str, PruningPlan] = {}
+    for round_to in sorted({1, step}):
         try:
-            return make_plan(source, inputs, method="uniform", ratio=ratio, round_to=round_to, residual=residual,
-                             graph=graph, warn=False)
-        except SlimbenchValueError:  # no layer wider than one block: nothing to round
-            return uniform(ratio, 1)
-
-    plans = {f"uniform {r} round_to={k}": uniform(r, k) for r in CALIBRATION_RATIOS for k in sorted({1, step})}
+            plans.update({f"uniform {r} round_to={round_to}": make_plan(
+                source, inputs, method="uniform", ratio=r, round_to=round_to, residual=residual, graph=graph,
+                warn=False) for r in CALIBRATION_RATIOS})
+        except SlimbenchValueError:
+            if round_to == 1:
+                raise
+            # no layer wider than one block: blocked plans would be the misaligned ones again
     runners = {"full": reference, **{k: make_runner(backend, prune_fn(p), timed_inputs, threads=threads)
                                      for k, p in plans.items()}}
     timings = measure(runners, threads=threads, backend=backend, **whole)

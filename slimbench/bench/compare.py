@@ -241,7 +241,8 @@ def render(comparison: Comparison, fmt: str = "table", *, title: str = "slimbenc
     lines += ["", *[f"{item}REGRESSION {r.describe()}" for r in regressions]]
     lines += [f"{item}note: {n}" for n in comparison.notes]
     lines.append(f"{item}Ratios measured within each run (speedup: higher is better; time ratios: lower is better); "
-                 "limit = max(tolerance, z x combined standard error); noisy = a run too noisy to resolve 15 %.")
+                 "limit = max(tolerance, z x combined standard error, 0.75 x combined spread); "
+                 "noisy = a run too noisy to resolve 15 %.")
     return "\n".join(lines).rstrip() + "\n"
 
 

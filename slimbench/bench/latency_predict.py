@@ -7,10 +7,21 @@ stayed in the cache) can carry a memory bandwidth; its entries are then charged 
 bandwidth`` on top (``latency.weight_bandwidth`` measures one the backend's own way).
 
 Why it matters: timed alone, vgg19's late 2x2 and 4x4 convs of pruned variants ran 1.5-5x their table
-cost in the whole model, the excess being their weight bytes at 14-16 GB/s. ``scale`` and ``constant``
-absorb what the tables cannot see (layout conversions between layers, residual adds, pooling, each
-node's dispatch): ``LatencyModel.calibrate`` fits them on whole-model runs
-(``slimbench.pruning.latency_model``).
+cost in the whole model, the excess being their weight bytes at 14-16 GB/s.
+
+The converse: a model whose weights fit in the last-level cache keeps them there from one inference to
+the next, and a conv timed among copies (weights from memory) then costs less in it. vgg19 pruned
+uniformly to 7.4 MB of weights on blocked widths ran in 0.72 ms where its table costs summed to 1.08.
+The whole model is therefore priced with a residency: 1 when its conv weights fill at most
+``RESIDENT_ALL`` of the cache, 0 from ``RESIDENT_NONE`` on, linear between; a blocked conv (output width
+on the block grid) then sheds that share of its weight read time, at most ``1 - HOT_FLOOR`` of its
+cost. Convs on unblocked kernels (misaligned outputs) are compute-bound and shed nothing: vgg19's
+misaligned uniform plan at 6.9 MB ran at its table sum. The three constants were chosen on five zoo
+models x 14 plans (largest miss of the held-out plans 12.4 -> 10.4 %, docs/ARCHITECTURE.md).
+
+``scale`` and ``constant`` absorb what the tables cannot see (layout conversions between layers,
+residual adds, pooling, each node's dispatch): ``LatencyModel.calibrate`` fits them on whole-model
+runs (``slimbench.pruning.latency_model``).
 """
 
 from __future__ import annotations
@@ -21,16 +32,22 @@ from dataclasses import dataclass
 import numpy as np
 
 from slimbench.analysis.graph import ChannelGraph
+from slimbench.bench.latency_curves import aligned
 from slimbench.bench.latency_table import LatencyTable, LayerSpec
 
-__all__ = ["LatencyModel"]
+__all__ = ["LatencyModel", "RESIDENT_ALL", "RESIDENT_NONE", "HOT_FLOOR"]
+
+RESIDENT_ALL = 0.25  # conv weights up to this fraction of the last-level cache stay in it between inferences
+RESIDENT_NONE = 0.75  # from this fraction on they are streamed from memory, as the table timed them
+HOT_FLOOR = 0.4  # a cache-resident conv still costs at least this fraction of its table cost
 
 
 @dataclass
 class LatencyModel:
     """Whole-model latency (ms): ``scale * sum(conv costs) + constant``, a conv's cost being its table
     cost, plus its weight bytes over the table's weight bandwidth (``LatencyTable.bandwidth_gb_s``) where
-    the table timed it alone (an entry without ``weights_read``)."""
+    the table timed it alone (an entry without ``weights_read``), less the part of that read the cache
+    saves a whole model small enough to keep its weights there (:meth:`residency`)."""
 
     table: LatencyTable
     graph: ChannelGraph
@@ -40,14 +57,36 @@ class LatencyModel:
     reference_ms: float | None = None  # measured latency of the unpruned model, when calibrated
     measure_fn: Callable[[object], float] | None = None  # PruningPlan -> measured pruned / unpruned latency
 
-    def conv_cost(self, name: str, cin: int, cout: int) -> float:
-        """One conv's cost (ms, before scale) at ``cin`` input and ``cout`` output channels kept."""
+    def conv_cost(self, name: str, cin: int, cout: int, resident: float = 0.0) -> float:
+        """One conv's cost (ms, before scale) at ``cin`` input and ``cout`` output channels kept, in a
+        model whose weights are ``resident`` (0..1, :meth:`residency`) in the cache."""
         spec = self.specs[name]
         cost = self.table.cost(spec, cin, cout)
         bandwidth = self.table.bandwidth_gb_s
-        if bandwidth and not self.table.entries[spec.key].get("weights_read"):
-            cost += spec.weight_bytes(cin, cout) / (bandwidth * 1e6)  # GB/s = 1e6 bytes per ms
+        if not bandwidth:
+            return cost
+        read = spec.weight_bytes(cin, cout) / (bandwidth * 1e6)  # GB/s = 1e6 bytes per ms
+        if not self.table.entries[spec.key].get("weights_read"):
+            return cost + read
+        if resident > 0 and aligned(cout, spec.out_channels):
+            cost -= resident * min(read, (1 - HOT_FLOOR) * cost)
         return cost
+
+    def weight_bytes(self, keep_gid: np.ndarray | None = None, removed: frozenset[str] = frozenset()) -> int:
+        """float32 weight bytes of the timed convs under a keep mask (what one inference reads)."""
+        keep = np.ones(self.graph.n_gids, dtype=bool) if keep_gid is None else keep_gid
+        return sum(spec.weight_bytes(*self.widths(name, keep)) for name, spec in self.specs.items()
+                   if name not in removed)
+
+    def residency(self, weight_bytes: float) -> float:
+        """Share of weight reads a model with ``weight_bytes`` of conv weights serves from the cache:
+        1 up to ``RESIDENT_ALL`` of the table's last-level cache, 0 from ``RESIDENT_NONE``, linear
+        between; 0 when the table has no cache size or no bandwidth."""
+        cache = self.table.cache_bytes
+        if not cache or not self.table.bandwidth_gb_s:
+            return 0.0
+        low, high = RESIDENT_ALL * cache, RESIDENT_NONE * cache
+        return float(np.clip((high - weight_bytes) / (high - low), 0.0, 1.0))
 
     def widths(self, name: str, keep_gid: np.ndarray) -> tuple[int, int]:
         """(cin, cout) of conv ``name`` under a keep mask over channel ids (at least 1 each)."""
@@ -60,10 +99,13 @@ class LatencyModel:
 
     def layer_sum(self, keep_gid: np.ndarray | None = None, removed: frozenset[str] = frozenset(),
                   names: list[str] | None = None) -> float:
-        """Sum of conv costs (``names``: only those convs; ``removed``: convs the plan deletes)."""
+        """Sum of conv costs (``removed``: convs the plan deletes). The whole model is priced with its
+        weights' cache residency; ``names`` (only those convs, as the widths search compares one
+        layer's steps) at the table's costs, weights streamed from memory."""
         keep = np.ones(self.graph.n_gids, dtype=bool) if keep_gid is None else keep_gid
-        return sum(self.conv_cost(name, *self.widths(name, keep)) for name in (self.specs if names is None else names)
-                   if name not in removed)
+        resident = 0.0 if names is not None else self.residency(self.weight_bytes(keep, removed))
+        return sum(self.conv_cost(name, *self.widths(name, keep), resident)
+                   for name in (self.specs if names is None else names) if name not in removed)
 
     def predict(self, keep_gid: np.ndarray | None = None, removed: frozenset[str] = frozenset()) -> float:
         return self.scale * self.layer_sum(keep_gid, removed) + self.constant

@@ -47,7 +47,14 @@ import torch
 from torch import nn
 
 from slimbench.analysis.graph import ChannelGraph
-from slimbench.bench.latency import cpu_model, get_backend, last_level_cache_bytes, make_runner, measure
+from slimbench.bench.latency import (
+    cpu_model,
+    get_backend,
+    last_level_cache_bytes,
+    make_runner,
+    measure,
+    weight_bandwidth,
+)
 from slimbench.bench.latency_curves import PROBE_STEP, aligned, conv_cost, detect_step, grid, step_ends
 from slimbench.core.atomic import atomic_write_text
 
@@ -197,6 +204,7 @@ class LatencyTable:
     key: dict
     entries: dict[str, dict] = field(default_factory=dict)
     bandwidth_gb_s: float | None = None  # conv weights read from memory (latency_predict); None or 0: no such term
+    cache_bytes: int | None = None  # the last-level cache of the machine that timed it (latency_predict)
     build_seconds: float = 0.0
     measured_points: int = 0
     cached_shapes: int = 0  # layer shapes of the last build_table read from the cache (the rest were measured)
@@ -210,7 +218,8 @@ class LatencyTable:
         return step_ends(list(widths), list(costs), tol)
 
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "key": self.key, "entries": self.entries, "bandwidth_gb_s": self.bandwidth_gb_s}
+        return {"format": FORMAT, "key": self.key, "entries": self.entries, "bandwidth_gb_s": self.bandwidth_gb_s,
+                "cache_bytes": self.cache_bytes}
 
     def save(self, path: str | os.PathLike) -> Path:
         return atomic_write_text(path, json.dumps(self.to_dict(), indent=1, sort_keys=True))
@@ -220,7 +229,7 @@ class LatencyTable:
         data = json.loads(Path(path).read_text())
         if data.get("format") != FORMAT:
             raise ValueError(f"{path}: not a slimbench latency table (format {data.get('format')!r})")
-        return cls(data["key"], data["entries"], data.get("bandwidth_gb_s"))
+        return cls(data["key"], data["entries"], data.get("bandwidth_gb_s"), data.get("cache_bytes"))
 
 
 def _cache_path(cache_dir: Path, key: dict) -> Path:
@@ -239,10 +248,12 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
     from ``LayerSpec.copies``, the time divided by them); ``clock`` is passed to ``measure`` (tests
     inject simulated time). ``cache_dir=None``: ``default_cache_dir()``; ``cache_dir=False``: no cache.
     ``key``: the cache key (default ``table_key(backend, threads)``).
-    ``bandwidth_gb_s``: the memory bandwidth at which the predictor charges weight reads of layers a
-    ``runner_factory`` timed alone (``latency_predict``; ``latency.weight_bandwidth`` measures one);
-    default: the cached table's, else none. The default runners time each conv among copies of itself,
-    which read their weights from memory as the whole model does, so their entries need no such term.
+    ``bandwidth_gb_s``: the rate at which ``backend`` reads conv weights from memory. The predictor
+    charges it on layers a ``runner_factory`` timed alone, and refunds it to blocked layers of a model
+    small enough to keep its weights in the cache (``latency_predict``). The default runners time each
+    conv among copies of itself, which read their weights from memory as a large model does. Default:
+    the cached table's, else measured once with ``latency.weight_bandwidth`` (default runners; about
+    2 s) or none (a ``runner_factory``). The table also records the last-level cache's size.
     """
     started = time.perf_counter()
     key = key or table_key(backend, threads)
@@ -255,14 +266,20 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
             cached = LatencyTable.load(path)
             if cached.key == key:
                 table.entries.update(cached.entries)
-                table.bandwidth_gb_s = cached.bandwidth_gb_s
-    given_bandwidth = bandwidth_gb_s is not None and bandwidth_gb_s != table.bandwidth_gb_s
+                table.bandwidth_gb_s, table.cache_bytes = cached.bandwidth_gb_s, cached.cache_bytes
+    changed = bandwidth_gb_s is not None and bandwidth_gb_s != table.bandwidth_gb_s
     if bandwidth_gb_s is not None:
         table.bandwidth_gb_s = float(bandwidth_gb_s)
+    cache_bytes = last_level_cache_bytes() or 32 * 2**20
+    if table.cache_bytes is None:
+        table.cache_bytes, changed = cache_bytes, True
+    if table.bandwidth_gb_s is None and runner_factory is None:
+        # what a model small enough to keep its weights in the cache saves (latency_predict); 0: none
+        table.bandwidth_gb_s = weight_bandwidth(backend, threads, clock=clock, **measure_options) or 0.0
+        changed = True
     missing = [s for k, s in unique.items() if k not in table.entries]
     table.cached_shapes = len(unique) - len(missing)
     if missing:
-        cache_bytes = last_level_cache_bytes() or 32 * 2**20
 
         def copies(spec: LayerSpec, cin: int, cout: int) -> int:
             return 1 if runner_factory else spec.copies(cin, cout, cache_bytes)
@@ -318,7 +335,7 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
             table.entries[spec.key] = {"step": step, "out": out, "in": inn, "weights_read": runner_factory is None}
             if spec.key in corners:
                 table.entries[spec.key]["corner"] = times[(spec.key, *corners[spec.key])]
-    if path is not None and (missing or given_bandwidth):
+    if path is not None and (missing or changed):
         path.parent.mkdir(parents=True, exist_ok=True)
         table.save(path)
     table.build_seconds = time.perf_counter() - started

@@ -12,7 +12,7 @@ import slimbench
 from slimbench.analysis.graph import build_graph
 from slimbench.bench import latency, latency_table
 from slimbench.bench.latency import weight_bandwidth
-from slimbench.bench.latency_predict import LatencyModel
+from slimbench.bench.latency_predict import HOT_FLOOR, RESIDENT_ALL, RESIDENT_NONE, LatencyModel
 from slimbench.bench.latency_table import (
     LatencyTable,
     build_table,
@@ -352,7 +352,8 @@ def test_a_conv_is_timed_among_copies_of_itself_and_charged_per_copy(resnet20, t
         assert table.entries[spec.key]["weights_read"] and 2 <= copies <= latency_table.COPIES_MAX
         # the model's edges are shared by the copies, as a layer inside a model shares its neighbours'
         assert table.cost(spec, cin, cout) == pytest.approx((overhead / copies + per_mac * spec.macs(cin, cout)) * 1e3)
-    assert table.bandwidth_gb_s is None
+    assert table.bandwidth_gb_s == 0.0  # probed: a chain of convs costs no more per conv here (no memory term)
+    assert table.cache_bytes == cache
     spec = specs["layer2.0.conv1"]
     model = spec.module(16, 32, copies=3)
     assert [(c.in_channels, c.out_channels, c.stride) for c in model.modules() if isinstance(c, torch.nn.Conv2d)] == [
@@ -372,6 +373,42 @@ def test_a_conv_is_timed_among_copies_of_itself_and_charged_per_copy(resnet20, t
                         progress=False, bandwidth_gb_s=10.0, min_time_s=0.0, min_rounds=3, max_rounds=3)
     assert LatencyModel(alone, graph, specs).conv_cost("layer2.0.conv1", 16, 32) == pytest.approx(
         alone.cost(spec, 16, 32) + spec.weight_bytes(16, 32) / 10e6)
+
+
+def test_a_model_whose_weights_fit_in_the_cache_sheds_its_blocked_convs_weight_reads(resnet20, tmp_path):
+    _, _, graph, specs = resnet20
+    table = _build(specs, FakeBackend(), tmp_path)
+    for entry in table.entries.values():
+        entry["weights_read"] = True  # as the default runners time them: among copies, weights from memory
+    table.bandwidth_gb_s = 1e-3  # slow enough that reads dominate: the HOT_FLOOR bound shows
+    lm = LatencyModel(table, graph, specs)
+    keep = np.ones(graph.n_gids, dtype=bool)
+    weights = lm.weight_bytes()
+    assert weights == sum(4 * m.weight.numel() for m in resnet20[0].modules()
+                          if isinstance(m, torch.nn.Conv2d | torch.nn.Linear))
+    cold = sum(table.cost(specs[n], *lm.widths(n, keep)) for n in specs)
+
+    table.cache_bytes = int(weights / RESIDENT_ALL)  # fits in a quarter of the cache: fully resident
+    assert lm.residency(weights) == 1.0
+    assert lm.layer_sum() == pytest.approx(HOT_FLOOR * cold)  # every conv on blocks, each floored
+    assert lm.layer_sum(names=list(specs)) == pytest.approx(cold)  # a widths search compares table costs
+    name, spec = "layer2.0.conv1", specs["layer2.0.conv1"]
+    assert lm.conv_cost(name, 16, 30, 1.0) == pytest.approx(table.cost(spec, 16, 30))  # unblocked: no refund
+    table.bandwidth_gb_s = 1e3  # fast memory: the refund is the read time itself
+    read = spec.weight_bytes(16, 32) / 1e9
+    assert lm.conv_cost(name, 16, 32, 1.0) == pytest.approx(table.cost(spec, 16, 32) - read)
+    assert lm.conv_cost(name, 16, 32, 0.5) == pytest.approx(table.cost(spec, 16, 32) - read / 2)
+
+    middle = (RESIDENT_ALL + RESIDENT_NONE) / 2
+    table.cache_bytes = int(weights / middle)
+    assert lm.residency(weights) == pytest.approx(0.5, abs=1e-6)
+    table.cache_bytes = int(weights / RESIDENT_NONE)  # three quarters of the cache: streamed, as timed
+    assert lm.residency(weights) == 0.0 and lm.layer_sum() == pytest.approx(cold)
+    # a plan that prunes deep enough becomes resident
+    plan = slimbench.plan(resnet20[0], resnet20[1], method="uniform", ratio=0.7, round_to=STEP)
+    kept, removed = keep_from_plan(graph, plan)
+    assert lm.weight_bytes(kept, removed) < RESIDENT_ALL / RESIDENT_NONE * weights
+    assert lm.residency(lm.weight_bytes(kept, removed)) == 1.0
 
 
 def test_copies_follow_weight_bytes_and_macs():

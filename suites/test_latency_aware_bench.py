@@ -118,22 +118,27 @@ def test_latency_aware(benchmark, timed, name, dataset, tmp_path):
         r8 = plans["ns_round8"]
         plans["latency_widths_at_round8_macs"] = g.plan(target_macs=r8.macs_after / r8.macs_before,
                                                         widths="latency", latency=lm)
+        plans["steps"] = g.plan(ratio=0.5, widths="steps", latency=lm)
+        plans["steps_at_round8_macs"] = g.plan(target_macs=r8.macs_after / r8.macs_before, widths="steps",
+                                               latency=lm)
         plans["target_latency_0.5"] = g.plan(target_latency=0.5, latency=lm)
+        plans["target_latency_0.5_steps"] = g.plan(target_latency=0.5, widths="steps", latency=lm)
         plans["target_latency_0.5_widths"] = g.plan(target_latency=0.5, widths="latency", latency=lm)
         plans["ns_0.3"] = g.plan(ratio=0.3)
         plans["ns_0.7"] = g.plan(ratio=0.7)
         plans["uniform_target_latency_0.5"] = g.plan(method="uniform", target_latency=0.5, latency=lm)
         plans[FLOOR] = g.plan(method="uniform", ratio=0.99)
     models = {k: g.prune(p) for k, p in plans.items()}
-    for key in ("latency_widths", "target_latency_0.5_widths"):
+    for key in ("latency_widths", "target_latency_0.5_widths", "steps", "target_latency_0.5_steps"):
         assert_equivalent(model, x, plans[key], models[key])
     info: dict = {"model_build_s": build_s, "table_build_s": lm.table.build_seconds,
                   "table_points": lm.table.measured_points}
     if not timed:
         convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-        for n, conv in models["latency_widths"].named_modules():  # 16-channel blocks: never a width inside one
-            if isinstance(conv, nn.Conv2d) and n in convs:
-                assert conv.out_channels in (convs[n].out_channels, *range(16, 4096, 16)), (n, conv)
+        for key in ("latency_widths", "steps"):  # 16-channel blocks: never a width inside one
+            for n, conv in models[key].named_modules():
+                if isinstance(conv, nn.Conv2d) and n in convs:
+                    assert conv.out_channels in (convs[n].out_channels, *range(16, 4096, 16)), (key, n, conv)
         benchmark.extra_info.update(info)
         benchmark(lambda: None)
         return

@@ -35,7 +35,7 @@ class Variant:
     residual: str = DEFAULT_RESIDUAL
     branches: str = "keep"
     round_to: int = 1
-    widths: str = "channels"  # "latency": latency-aware widths (slimbench.pruning.latency_aware)
+    widths: str = "channels"  # "latency" / "steps": latency-aware widths (slimbench.pruning.latency_aware)
     # "ratio": ``ratio`` sets the amount; "latency": the caller passes ``target_latency`` (the report: the
     # measured latency fraction of network slimming round_to=8 at ``ratio``, so both rows run equally fast)
     budget: str = "ratio"
@@ -45,7 +45,7 @@ class Variant:
         extra = "" if self.residual == DEFAULT_RESIDUAL else _RESIDUAL_LABELS[self.residual]
         extra += "+branch-removal" if self.branches == "remove" else ""
         rounding = f"+round{self.round_to}" if self.round_to > 1 else ""
-        aware = "+latency-widths" if self.widths == "latency" else ""
+        aware = {"latency": "+latency-widths", "steps": "+latency-steps"}.get(self.widths, "")
         return f"{self.method}{extra}{rounding}{aware}"
 
     def key(self, model: str) -> str:

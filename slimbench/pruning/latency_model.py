@@ -103,7 +103,7 @@ def latency_model(model: nn.Module, example_inputs: ExampleInputs, *, prune_fn: 
 def resolve_latency(model: nn.Module, inputs: tuple[Tensor, ...], options: MutableMapping, prune_fn: PruneFn,
                     graph: ChannelGraph | None = None) -> None:
     """Put a built ``LatencyModel`` into ``options["latency"]`` when the plan options need one."""
-    wanted = options.get("target_latency") is not None or options.get("widths") == "latency"
+    wanted = options.get("target_latency") is not None or options.get("widths") in ("latency", "steps")
     given = options.get("latency")
     if not wanted or (given is not None and not isinstance(given, MutableMapping)):
         return  # nothing to build, or a model (checked by check_options)

@@ -27,7 +27,7 @@ BRANCH_MODES = ("keep", "remove", "remove-any")  # remove: the last BN is empty;
 DEFAULT_RATIO = 0.5
 KEYWORDS = ("method", "ratio", "target_macs", "round_to", "residual", "branches", "importance",
             "ignored_layers", "layer_ratios", "leaf_modules", "target_latency", "widths", "latency")
-WIDTHS = ("channels", "latency")
+WIDTHS = ("channels", "latency", "steps")
 LATENCY_KEYS = ("backend", "threads", "batch", "cache_dir", "progress", "timing", "calibrate")
 # ``latency={"timing": {...}}``: measure() options for every timing of the latency model (table, calibration,
 # real-model checks); only to shorten a build (tests). A table so built is cached under its own key.
@@ -52,7 +52,7 @@ class PlanOptions:
     criterion_options: dict = field(default_factory=dict)
     ratio_given: bool = False
     target_latency: float | None = None  # fraction of the unpruned model's measured latency to keep
-    widths: str = "channels"  # "latency": widths at the ends of latency steps (latency_aware.py)
+    widths: str = "channels"  # "latency" / "steps": widths at the ends of latency steps (latency_aware.py)
     latency: object = None  # a LatencyModel, or a dict of LATENCY_KEYS to build one
 
     def record(self) -> dict:
@@ -206,15 +206,16 @@ def _check_latency(target_latency, widths, latency, round_to: int, branches: str
                              f"latency to keep; got {target_latency!r}")
     if widths not in WIDTHS:
         raise ValueError(f"widths must be one of {WIDTHS} ('latency': each layer keeps a width at the end of a "
-                         f"measured latency step), got {widths!r}")
-    if widths == "latency" and round_to > 1:
-        raise ValueError(f"widths='latency' chooses each layer's width from its measured latency steps, so "
+                         f"measured latency step, chosen for importance per millisecond; 'steps': the "
+                         f"criterion's widths moved to the nearest step end), got {widths!r}")
+    if widths != "channels" and round_to > 1:
+        raise ValueError(f"widths={widths!r} chooses each layer's width from its measured latency steps, so "
                          f"round_to={round_to} would be ignored; pass one or the other")
-    if widths == "latency" and branches != "keep":
-        raise ValueError("widths='latency' does not remove residual branches; use branches='keep' with it")
+    if widths != "channels" and branches != "keep":
+        raise ValueError(f"widths={widths!r} does not remove residual branches; use branches='keep' with it")
     if latency is not None and target_latency is None and widths == "channels":
         raise ValueError("latency= configures latency-aware planning; pass it with target_latency or "
-                         "widths='latency'")
+                         "widths='latency' / 'steps'")
     if isinstance(latency, Mapping):
         check_latency_settings(latency)
     elif latency is not None and not hasattr(latency, "predict"):

@@ -176,7 +176,7 @@ def plan_on_graph(model: nn.Module, inputs: tuple[Tensor, ...], graph: ChannelGr
     def macs(attempt) -> int:
         return graph.macs(~attempt[0][graph.class_of], attempt[2])
 
-    if opts.target_latency is not None or opts.widths == "latency":
+    if opts.target_latency is not None or opts.widths != "channels":
         from slimbench.pruning.latency_aware import latency_search
 
         def finish(attempt, r):

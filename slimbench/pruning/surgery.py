@@ -43,10 +43,12 @@ def plan(model: nn.Module, example_inputs: ExampleInputs, *, method: str = "netw
     A plan that removes < 5 % of the MACs when ratio >= 0.1 was asked warns with the reason and the
     option that would remove more. ``slimbench.analyze`` traces once for many plans.
     ``target_latency``: fraction of the measured latency to keep; ``widths="latency"``: widths at the ends
-    of measured latency steps; ``latency``: a ``LatencyModel`` or ``{"backend", "threads", "batch",
-    "cache_dir", "progress", "timing"}`` to build one (``slimbench.pruning.latency_model``).
+    of measured latency steps, for importance per millisecond; ``widths="steps"``: the criterion's widths
+    moved to the nearest step end (a per-layer ``round_to``); ``latency``: a ``LatencyModel`` or
+    ``{"backend", "threads", "batch", "cache_dir", "progress", "timing"}`` to build one
+    (``slimbench.pruning.latency_model``).
     """
-    if options.get("target_latency") is not None or options.get("widths") == "latency":
+    if options.get("target_latency") is not None or options.get("widths") in ("latency", "steps"):
         from slimbench.pruning.latency_model import resolve_latency
 
         inputs = as_example_inputs(example_inputs)

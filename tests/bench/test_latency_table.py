@@ -304,6 +304,34 @@ def test_latency_widths_do_not_depend_on_what_misaligned_widths_cost(resnet20, t
     assert all(_kept(plans[1], r["bn"]) % STEP == 0 for r in plans[1].layers if r["before"] > r["after"])
 
 
+def test_steps_keep_the_criterions_layers_and_move_each_to_its_nearest_step_end(resnet20, stub):
+    model, x, graph, _ = resnet20
+    plain = slimbench.plan(model, x, ratio=0.5)
+    steps = slimbench.plan(model, x, ratio=0.5, widths="steps", latency=stub)
+    assert steps.options["widths"] == "steps" and steps.options["latency"]["predicted_ratio"] < 1
+    moved = 0
+    for before, after in zip(plain.layers, steps.layers, strict=True):
+        assert after["bn"] == before["bn"]
+        if before["before"] == before["after"]:
+            continue  # not pruned by the criterion: nothing to move
+        # the FakeBackend's steps end at multiples of STEP: the nearest one, ties up
+        nearest = min(max(STEP * round(before["after"] / STEP + 1e-9), STEP), before["before"])
+        assert after["after"] == nearest, (after["bn"], before["after"], after["after"])
+        moved += after["after"] != before["after"]
+    assert moved  # the criterion's widths were inside steps
+    # a MACs budget searches the criterion's ratio under the snapping; it lands at or under the budget
+    r8 = slimbench.plan(model, x, ratio=0.5, round_to=STEP)
+    target = r8.macs_after / r8.macs_before
+    at_macs = slimbench.plan(model, x, target_macs=target, widths="steps", latency=stub)
+    assert at_macs.macs_after <= r8.macs_after and at_macs.macs_after >= 0.9 * r8.macs_after
+    for row in at_macs.layers:
+        assert row["after"] == row["before"] or row["after"] % STEP == 0, row
+    # and a latency target searches it against the predictor
+    fast = slimbench.plan(model, x, target_latency=0.5, widths="steps", latency=stub)
+    keep, removed = keep_from_plan(graph, fast)
+    assert 0.45 <= stub.predict(keep, removed) / stub.predict() <= 0.5
+
+
 def test_latency_widths_drop_steps_that_buy_no_gamma(resnet20, stub):
     model, x, *_ = resnet20
     model = randomize_bn(get_model("resnet20", "cifar10"), seed=0)
@@ -321,8 +349,9 @@ def test_option_errors(resnet20, stub):
         slimbench.plan(model, x, target_latency=1.5, latency=stub)
     with pytest.raises(ValueError, match="widths must be one of"):
         slimbench.plan(model, x, widths="auto")
-    with pytest.raises(ValueError, match="round_to=8 would be ignored"):
-        slimbench.plan(model, x, widths="latency", round_to=8, latency=stub)
+    for widths in ("latency", "steps"):
+        with pytest.raises(ValueError, match="round_to=8 would be ignored"):
+            slimbench.plan(model, x, widths=widths, round_to=8, latency=stub)
     with pytest.raises(ValueError, match="unknown setting"):
         slimbench.plan(model, x, widths="latency", latency={"backnd": "ort"})
 

@@ -1,7 +1,8 @@
 """Latency-aware pruning against network slimming's round_to=1 / 8 (and Torch-Pruning), one run.
 
 Untimed (``pytest suites/``): the latency-aware plans are made on a simulated staircase table (no
-timing), and each prunes to a model equivalent to its zeroed form with widths at step ends.
+timing), and each prunes to a model equivalent to its zeroed form with widths at step ends;
+``widths="steps"`` at round_to=8's MACs is predicted no slower than round_to=8.
 ``--benchmark``: a real table (onnxruntime, 1 thread), then every variant and the unpruned model are
 timed interleaved in ONE ``measure`` call; ``extra_info`` records per variant the measured speedup,
 the MACs reduction, the efficiency (speedup / MACs reduction), the predicted latency and its error,
@@ -139,6 +140,10 @@ def test_latency_aware(benchmark, timed, name, dataset, tmp_path):
             for n, conv in models[key].named_modules():
                 if isinstance(conv, nn.Conv2d) and n in convs:
                     assert conv.out_channels in (convs[n].out_channels, *range(16, 4096, 16)), (key, n, conv)
+        # at round_to=8's MACs (or as near as whole blocks get), steps never cost more on the staircase
+        r8_keep, steps_keep = (keep_from_plan(graph, plans[k]) for k in ("ns_round8", "steps_at_round8_macs"))
+        assert lm.predict(*steps_keep) <= lm.predict(*r8_keep) * 1.001, (name, lm.predict(*steps_keep),
+                                                                         lm.predict(*r8_keep))
         benchmark.extra_info.update(info)
         benchmark(lambda: None)
         return

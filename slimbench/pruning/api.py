@@ -19,7 +19,7 @@ from slimbench.analysis.explain import explain_graph
 from slimbench.analysis.graph import DEFAULT_RESIDUAL, ChannelGraph, build_graph
 from slimbench.core.errors import SlimbenchValueError
 from slimbench.core.inputs import ExampleInputs, as_example_inputs
-from slimbench.pruning.options import RESIDUAL_MODES
+from slimbench.pruning.options import RESIDUAL_MODES, wants_latency_model
 from slimbench.pruning.plan import PruningPlan, make_plan
 from slimbench.pruning.surgery import prune, zero, zero_bn_channels
 
@@ -68,7 +68,7 @@ class Analysis:
         if "leaf_modules" in options:
             raise SlimbenchValueError("leaf_modules is fixed when the model is analysed; pass it to slimbench.analyze")
         residual = options.pop("residual", self.residual)
-        if options.get("target_latency") is not None or options.get("widths") == "latency":
+        if wants_latency_model(options):
             from slimbench.pruning.latency_model import resolve_latency
 
             options["residual"] = residual

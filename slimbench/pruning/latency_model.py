@@ -25,7 +25,7 @@ from slimbench.bench.latency_predict import LatencyModel
 from slimbench.bench.latency_table import build_table, fastest, layer_specs, table_key
 from slimbench.core.errors import SlimbenchValueError
 from slimbench.core.inputs import ExampleInputs, as_example_inputs, unwrap
-from slimbench.pruning.options import check_latency_settings
+from slimbench.pruning.options import check_latency_settings, wants_latency_model
 from slimbench.pruning.plan import PruningPlan, keep_from_plan, make_plan
 
 __all__ = ["latency_model", "resolve_latency"]
@@ -103,9 +103,8 @@ def latency_model(model: nn.Module, example_inputs: ExampleInputs, *, prune_fn: 
 def resolve_latency(model: nn.Module, inputs: tuple[Tensor, ...], options: MutableMapping, prune_fn: PruneFn,
                     graph: ChannelGraph | None = None) -> None:
     """Put a built ``LatencyModel`` into ``options["latency"]`` when the plan options need one."""
-    wanted = options.get("target_latency") is not None or options.get("widths") in ("latency", "steps")
     given = options.get("latency")
-    if not wanted or (given is not None and not isinstance(given, MutableMapping)):
+    if not wants_latency_model(options) or (given is not None and not isinstance(given, MutableMapping)):
         return  # nothing to build, or a model (checked by check_options)
     settings = dict(given or {})
     check_latency_settings(settings)

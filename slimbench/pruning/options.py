@@ -28,6 +28,12 @@ DEFAULT_RATIO = 0.5
 KEYWORDS = ("method", "ratio", "target_macs", "round_to", "residual", "branches", "importance",
             "ignored_layers", "layer_ratios", "leaf_modules", "target_latency", "widths", "latency")
 WIDTHS = ("channels", "latency", "steps")
+LATENCY_WIDTHS = ("latency", "steps")  # widths read off a latency table: planning needs a LatencyModel
+
+
+def wants_latency_model(options: Mapping) -> bool:
+    """Whether plan options ask for latency-aware planning (a target_latency or latency widths)."""
+    return options.get("target_latency") is not None or options.get("widths") in LATENCY_WIDTHS
 LATENCY_KEYS = ("backend", "threads", "batch", "cache_dir", "progress", "timing", "calibrate")
 # ``latency={"timing": {...}}``: measure() options for every timing of the latency model (table, calibration,
 # real-model checks); only to shorten a build (tests). A table so built is cached under its own key.

@@ -22,7 +22,7 @@ from slimbench.core.errors import SlimbenchValueError
 from slimbench.core.inputs import ExampleInputs, as_example_inputs, unwrap
 from slimbench.pruning.diagnose import warn_if_little
 from slimbench.pruning.importance import Importance, bn_scores, class_importance
-from slimbench.pruning.options import BRANCH_MODES, RESIDUAL_MODES, PlanOptions, check_options
+from slimbench.pruning.options import BRANCH_MODES, LATENCY_WIDTHS, RESIDUAL_MODES, PlanOptions, check_options
 from slimbench.pruning.selection import (
     bisect_ratio,
     candidate_classes,
@@ -176,7 +176,7 @@ def plan_on_graph(model: nn.Module, inputs: tuple[Tensor, ...], graph: ChannelGr
     def macs(attempt) -> int:
         return graph.macs(~attempt[0][graph.class_of], attempt[2])
 
-    if opts.target_latency is not None or opts.widths != "channels":
+    if opts.target_latency is not None or opts.widths in LATENCY_WIDTHS:
         from slimbench.pruning.latency_aware import latency_search
 
         def finish(attempt, r):

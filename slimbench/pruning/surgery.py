@@ -19,6 +19,7 @@ from slimbench.core.errors import SlimbenchValueError
 from slimbench.core.inputs import ExampleInputs, as_example_inputs, unwrap
 from slimbench.core.modules import MaskedBatchNorm
 from slimbench.core.rules import BNRecord, ChannelRule, ConvRecord, rule_for
+from slimbench.pruning.options import wants_latency_model
 from slimbench.pruning.plan import PruningPlan, keep_from_plan, make_plan
 
 __all__ = ["prune", "zero", "zero_bn_channels", "plan"]
@@ -48,7 +49,7 @@ def plan(model: nn.Module, example_inputs: ExampleInputs, *, method: str = "netw
     ``{"backend", "threads", "batch", "cache_dir", "progress", "timing"}`` to build one
     (``slimbench.pruning.latency_model``).
     """
-    if options.get("target_latency") is not None or options.get("widths") in ("latency", "steps"):
+    if wants_latency_model(options):
         from slimbench.pruning.latency_model import resolve_latency
 
         inputs = as_example_inputs(example_inputs)

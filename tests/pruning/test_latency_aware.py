@@ -78,19 +78,22 @@ def test_batch_and_timing_settings_reach_the_table_and_the_plan_records_it(tmp_p
     assert len(list(tmp_path.glob("ort-1t-*.json"))) == 2
 
 
-def test_widths_under_a_ratio_time_no_whole_model_once_the_table_is_cached(tmp_path, monkeypatch):
+@pytest.mark.parametrize("widths", ["latency", "steps"])
+def test_widths_under_a_ratio_time_no_whole_model_once_the_table_is_cached(tmp_path, monkeypatch, widths):
     """Calibration (four whole models timed) serves a latency target; latency widths under a ratio
-    need the table only, so with the table cached such a plan times nothing."""
+    need the table only, so with the table cached such a plan times nothing. Analysis.plan builds
+    the table as slimbench.plan does."""
     import slimbench.pruning.latency_model as latency_model
 
     model, x = _tiny(), torch.randn(1, 3, 16, 16)
     settings = {"backend": "ort", "threads": 1, "cache_dir": tmp_path, "progress": False, "timing": QUICK}
-    slimbench.plan(model, x, ratio=0.5, widths="latency", latency=settings)  # builds the table
+    slimbench.analyze(model, x).plan(ratio=0.5, widths=widths, latency=settings)  # builds the table
     monkeypatch.setattr(latency_model, "measure", lambda *a, **k: pytest.fail("a whole model was timed"))
-    plan = slimbench.plan(model, x, ratio=0.5, widths="latency", latency=settings)
+    plan = slimbench.plan(model, x, ratio=0.5, widths=widths, latency=settings)
     assert plan.options["latency"]["table"]["from_cache"] and plan.options["latency"]["calibrated"] is False
+    assert plan.options["widths"] == widths
     monkeypatch.undo()
-    calibrated = slimbench.plan(model, x, ratio=0.5, widths="latency", latency={**settings, "calibrate": True})
+    calibrated = slimbench.plan(model, x, ratio=0.5, widths=widths, latency={**settings, "calibrate": True})
     assert calibrated.options["latency"]["calibrated"] is True
     assert calibrated.masks.keys() == plan.masks.keys()
 

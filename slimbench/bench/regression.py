@@ -18,7 +18,6 @@ run breaks that: a neighbour that slows the machine for a second slows the two m
 (the small one more), so the median itself moves. Measured here on a tiny pair timed 90 times,
 clean runs had spreads of 0.02-0.04 and moved under 2 %; the six disturbed ones had spreads of
 0.15-0.33 and moved by 0.35-0.6 x their spread (up to 14 %), beyond three standard errors.
-
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ layer and backend from the table); ``target_macs`` and ``target_latency`` search
 ratio under that snapping. Why both: the knapsack keeps the most importance per millisecond, so under
 a MACs budget it spends the MACs where they are cheap in time. On vgg19 (random gamma) it met
 ``round_to=8``'s MACs with the early 32x32 layers cut to 16 channels and the weight-heavy late ones
-kept wide: 0.76 of ``round_to=8``'s speedup. Steps keep the criterion's layer profile and only stop
+kept wide: about three quarters of ``round_to=8``'s speedup. Steps keep the criterion's layer profile and only stop
 paying for partial blocks, so at equal MACs they are never slower than a global ``round_to``.
 """
 
@@ -37,7 +37,7 @@ import numpy as np
 from slimbench.analysis.graph import ChannelGraph
 from slimbench.bench.latency_predict import LatencyModel
 from slimbench.bench.latency_table import step_ends
-from slimbench.pruning.options import PlanOptions
+from slimbench.pruning.options import LATENCY_WIDTHS, PlanOptions
 from slimbench.pruning.selection import bisect_ratio, layers_of
 
 __all__ = ["latency_widths", "layer_steps", "snap_to_steps", "latency_search", "table_record", "landed",
@@ -244,6 +244,6 @@ def table_record(lm: LatencyModel) -> dict:
 
 def _unreachable(asked: str, reached: float, widths: str) -> None:
     hint = (f"; widths='{widths}' keeps whole channel blocks, so layers of one block stay whole "
-            "(widths='channels' may prune further)" if widths in ("latency", "steps") else
+            "(widths='channels' may prune further)" if widths in LATENCY_WIDTHS else
             "; residual='shared' or 'select' lets the plan prune the channels joined by residual adds")
     warnings.warn(f"{asked} was not reached: the plan keeps {reached:.3f}{hint}", stacklevel=5)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from slimbench.bench import latency
 from slimbench.bench.latency import (
     BACKENDS,
     Backend,
@@ -24,6 +25,7 @@ from slimbench.bench.latency import (
     speedup,
     speedup_iqr,
     time_models,
+    weight_bandwidth,
 )
 
 
@@ -176,3 +178,31 @@ def test_environment_names_machine_versions_and_commit():
     assert env["versions"]["torch"] == torch.__version__
     assert env["versions"]["onnxruntime"] and env["versions"]["openvino"]
     assert env["commit"] is None or len(env["commit"]) == 40
+
+
+def test_weight_bandwidth_is_one_layers_bytes_over_what_the_chain_adds_per_layer(monkeypatch):
+    now = [0.0]
+    compute_ms, read_ms = 0.2, 0.5  # per conv: its compute, and reading its weights when not cached
+
+    def factory(model, inputs, threads):
+        convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+        seconds = (compute_ms * convs + (read_ms * convs if convs > 1 else 0.0)) / 1e3
+
+        def run():
+            now[0] += seconds
+        return run
+
+    monkeypatch.setitem(latency.BACKENDS, "fake", latency.Backend("fake", "fake", factory))
+    bandwidth = weight_bandwidth("fake", clock=lambda: now[0], min_time_s=0.0, min_rounds=3, max_rounds=3)
+    assert bandwidth == pytest.approx(4 * 512 * 512 * 9 / read_ms / 1e6)  # GB/s
+
+
+def test_weight_bandwidth_on_onnxruntime_is_a_memory_rate():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    bandwidth = weight_bandwidth("ort", min_time_s=0.05, min_rounds=5)
+    assert torch.equal(torch.rand(3), expected)  # the probe leaves the caller's random stream alone
+    assert bandwidth is None or 0.5 < bandwidth < 1000  # GB/s: slower than a core's cache, faster than a disk
+    cache = latency.last_level_cache_bytes()
+    assert cache is None or 2**16 <= cache <= 2**32

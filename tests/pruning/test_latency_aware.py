@@ -1,5 +1,6 @@
-"""Latency-aware planning on the real backend (untimed: only that it runs and records what it measured),
-and the report's latency-aware variant."""
+"""Latency-aware planning: on simulated tables (tests.latency_fakes), what target_latency,
+widths="latency" and widths="steps" choose; on the real backend (untimed: only that it runs and records
+what it measured); and the report's latency-aware variant."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ import torch
 from torch import nn
 
 import slimbench
+from slimbench.bench.latency_predict import LatencyModel
 from slimbench.bench.variants import apply_variant, latency_reference, variants_for
+from slimbench.models import get_model
+from slimbench.pruning.plan import keep_from_plan
 from tests.helpers import randomize_bn
+from tests.latency_fakes import STEP, FakeBackend, build_fake_table, fake_latency_model, resnet20_case
 from tests.nets import cbr
 
 
@@ -109,3 +114,128 @@ def test_bad_latency_settings_are_refused_before_any_timing(change, message):
     with pytest.raises(ValueError, match=message):
         slimbench.plan(_tiny(), torch.randn(1, 3, 16, 16), ratio=0.5, widths="latency",
                        latency={"backend": "ort", "progress": False, **change})
+
+
+@pytest.fixture(scope="module")
+def resnet20():
+    return resnet20_case()
+
+
+@pytest.fixture
+def stub(resnet20, tmp_path):
+    return fake_latency_model(resnet20, tmp_path)
+
+
+def test_target_latency_lands_on_the_predicted_budget(resnet20, stub):
+    model, x, graph, _ = resnet20
+    for widths in ("channels", "latency"):
+        plan = slimbench.plan(model, x, target_latency=0.5, latency=stub, widths=widths)
+        keep, removed = keep_from_plan(graph, plan)
+        ratio = stub.predict(keep, removed) / stub.predict()
+        assert 0.45 <= ratio <= 0.5, (widths, ratio)
+        assert plan.options["latency"]["predicted_ratio"] == pytest.approx(ratio)
+        assert plan.options["target_latency"] == 0.5 and plan.options["widths"] == widths
+
+
+def test_target_latency_corrects_with_the_real_check(resnet20, stub):
+    model, x, *_ = resnet20
+    seen: list[float] = []
+
+    def measure_fn(plan):  # the "real" pruned model runs 20 % slower than its MACs say
+        seen.append(1.2 * plan.macs_after / plan.macs_before)
+        return seen[-1]
+
+    stub.measure_fn = measure_fn
+    plan = slimbench.plan(model, x, target_latency=0.5, latency=stub)
+    assert len(seen) >= 2  # it checked, missed, and searched again with a corrected goal
+    assert abs(plan.options["latency"]["measured_ratio"] - 0.5) < abs(seen[0] - 0.5)
+
+
+def test_target_latency_says_when_every_check_lands_far_too_fast(resnet20, stub):
+    model, x, *_ = resnet20
+    stub.measure_fn = lambda plan: 0.2  # misaligned widths: whatever is planned runs far faster than predicted
+    with pytest.warns(UserWarning, match=r"target_latency=0.5 was missed: .* runs at 0.200 .* faster than asked"):
+        plan = slimbench.plan(model, x, target_latency=0.5, latency=stub)
+    assert plan.options["latency"]["measured_ratio"] == 0.2
+
+
+def _kept(plan, name: str) -> int:
+    layer = next(row for row in plan.layers if row["bn"] == name)
+    return layer["after"]
+
+
+def test_latency_widths_keep_step_ends_only(resnet20, stub):
+    model, x, graph, _ = resnet20
+    plain = slimbench.plan(model, x, ratio=0.5)
+    aware = slimbench.plan(model, x, ratio=0.5, widths="latency", latency=stub)
+    pruned_bns = [r["bn"] for r in aware.layers if r["before"] > r["after"]]
+    assert pruned_bns
+    assert any(_kept(plain, n) % STEP for n in pruned_bns)  # network slimming keeps widths inside steps
+    for name in pruned_bns:  # never a width whose next-larger step costs the same
+        assert _kept(aware, name) % STEP == 0, (name, _kept(aware, name))
+    assert aware.pruned_channels >= 0.5 * plain.pruned_channels
+    assert aware.options["latency"]["predicted_ratio"] < 1
+
+
+def test_latency_widths_do_not_depend_on_what_misaligned_widths_cost(resnet20, tmp_path):
+    # widths="latency" keeps whole blocks only: a misaligned width that runs cheaper than the block end
+    # below it must not make that block end look dominated (it did: vgg19 fell to 16-channel layers)
+    model, x, graph, specs = resnet20
+    plans = []
+    for penalty in (1.5, 0.3):
+        lm = LatencyModel(build_fake_table(specs, FakeBackend(penalty=penalty), tmp_path / str(penalty)), graph, specs)
+        plans.append(slimbench.plan(model, x, ratio=0.5, widths="latency", latency=lm))
+    assert [r["after"] for r in plans[0].layers] == [r["after"] for r in plans[1].layers]
+    assert all(_kept(plans[1], r["bn"]) % STEP == 0 for r in plans[1].layers if r["before"] > r["after"])
+
+
+def test_steps_keep_the_criterions_layers_and_move_each_to_its_nearest_step_end(resnet20, stub):
+    model, x, graph, _ = resnet20
+    plain = slimbench.plan(model, x, ratio=0.5)
+    steps = slimbench.plan(model, x, ratio=0.5, widths="steps", latency=stub)
+    assert steps.options["widths"] == "steps" and steps.options["latency"]["predicted_ratio"] < 1
+    moved = 0
+    for before, after in zip(plain.layers, steps.layers, strict=True):
+        assert after["bn"] == before["bn"]
+        if before["before"] == before["after"]:
+            continue  # not pruned by the criterion: nothing to move
+        # the FakeBackend's steps end at multiples of STEP: the nearest one, ties up
+        nearest = min(max(STEP * round(before["after"] / STEP + 1e-9), STEP), before["before"])
+        assert after["after"] == nearest, (after["bn"], before["after"], after["after"])
+        moved += after["after"] != before["after"]
+    assert moved  # the criterion's widths were inside steps
+    # a MACs budget searches the criterion's ratio under the snapping; it lands at or under the budget
+    r8 = slimbench.plan(model, x, ratio=0.5, round_to=STEP)
+    target = r8.macs_after / r8.macs_before
+    at_macs = slimbench.plan(model, x, target_macs=target, widths="steps", latency=stub)
+    assert at_macs.macs_after <= r8.macs_after and at_macs.macs_after >= 0.9 * r8.macs_after
+    for row in at_macs.layers:
+        assert row["after"] == row["before"] or row["after"] % STEP == 0, row
+    # and a latency target searches it against the predictor
+    fast = slimbench.plan(model, x, target_latency=0.5, widths="steps", latency=stub)
+    keep, removed = keep_from_plan(graph, fast)
+    assert 0.45 <= stub.predict(keep, removed) / stub.predict() <= 0.5
+
+
+def test_latency_widths_drop_steps_that_buy_no_gamma(resnet20, stub):
+    model, x, *_ = resnet20
+    model = randomize_bn(get_model("resnet20", "cifar10"), seed=0)
+    with torch.no_grad():
+        model.layer3[0].bn1.weight[32:] = 0.0  # half of a 64-channel layer has no importance
+    plan = slimbench.plan(model, x, ratio=0.05, widths="latency", latency=stub)
+    assert _kept(plan, "layer3.0.bn1") == 32
+
+
+def test_option_errors(resnet20, stub):
+    model, x, *_ = resnet20
+    with pytest.raises(ValueError, match="target_latency"):
+        slimbench.plan(model, x, ratio=0.5, target_latency=0.5, latency=stub)
+    with pytest.raises(ValueError, match="target_latency must be in"):
+        slimbench.plan(model, x, target_latency=1.5, latency=stub)
+    with pytest.raises(ValueError, match="widths must be one of"):
+        slimbench.plan(model, x, widths="auto")
+    for widths in ("latency", "steps"):
+        with pytest.raises(ValueError, match="round_to=8 would be ignored"):
+            slimbench.plan(model, x, widths=widths, round_to=8, latency=stub)
+    with pytest.raises(ValueError, match="unknown setting"):
+        slimbench.plan(model, x, widths="latency", latency={"backnd": "ort"})

@@ -1,0 +1,68 @@
+"""Simulated latency tables for tests: a fake clock and fake runners that cost a known staircase, and the
+resnet20 case the table, predictor and planning tests share."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from slimbench.analysis.graph import build_graph
+from slimbench.bench.latency_predict import LatencyModel
+from slimbench.bench.latency_table import build_table, layer_specs, table_key
+from slimbench.models import get_model
+from tests.helpers import randomize_bn
+
+STEP = 8
+
+
+class FakeBackend:
+    """Runners that advance a simulated clock by onnxruntime's shape of cost: ceil(cin/8) * ceil(cout/8)
+    blocks, except that an output width that is not a multiple of 4 (nor the layer's own) runs an
+    unblocked kernel, linear in it and ``penalty`` times the blocks' rate."""
+
+    def __init__(self, step: int = STEP, overhead: float = 0.0, penalty: float = 1.5) -> None:
+        self.now = 0.0
+        self.step = step
+        self.overhead = overhead
+        self.penalty = penalty
+        self.calls: list[tuple[str, int, int]] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def cost(self, spec, cin: int, cout: int) -> float:
+        # a constant plus a bilinear term: the table's floor + rank-1 model is then exact
+        blocked = cout % 4 == 0 or cout == spec.out_channels
+        outs = math.ceil(cout / self.step) if blocked else self.penalty * cout / self.step
+        work = outs * (1 if spec.depthwise else math.ceil(cin / self.step))
+        return self.overhead + 1e-6 * work * spec.kernel[0] * spec.kernel[1] * spec.height * spec.width / 64
+
+    def factory(self, spec, cin: int, cout: int):
+        self.calls.append((spec.key, cin, cout))
+        seconds = self.cost(spec, cin, cout)
+
+        def run():
+            self.now += seconds
+
+        return run
+
+
+def build_fake_table(specs, fake: FakeBackend, cache_dir, **key):
+    return build_table(specs, runner_factory=fake.factory, clock=fake.clock, cache_dir=cache_dir,
+                       key=table_key("ort", key.get("threads", 1), version=key.get("version", "1.0"), cpu="fake"),
+                       progress=False, min_time_s=0.0, min_rounds=3, max_rounds=3)
+
+
+def resnet20_case():
+    """resnet20 (random gamma) at 32x32: (model, input, graph, layer specs)."""
+    model = randomize_bn(get_model("resnet20", "cifar10"), seed=0)
+    x = torch.randn(1, 3, 32, 32)
+    graph = build_graph(model, (x,))
+    return model, x, graph, layer_specs(model, (x,), graph)
+
+
+def fake_latency_model(case, cache_dir) -> LatencyModel:
+    """An uncalibrated LatencyModel of ``resnet20_case()`` over the FakeBackend's staircase."""
+    _, _, graph, specs = case
+    return LatencyModel(build_fake_table(specs, FakeBackend(), cache_dir), graph, specs)

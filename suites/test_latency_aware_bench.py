@@ -175,6 +175,8 @@ def test_latency_aware(benchmark, timed, name, dataset, tmp_path):
     info["unpruned"] = {"measured_ms": fastest(timings["unpruned"]), "median_ms": timings["unpruned"].median_ms,
                         "predicted_ms": lm.predict(), "iqr_fraction": timings["unpruned"].iqr_fraction}
     info["max_abs_prediction_error"] = max(errors)
+    info["calibration"] = {"scale": lm.scale, "constant": lm.constant,
+                           "points": {k: {"layer_sum": s, "measured_ms": ms} for k, (s, ms) in lm.calibration.items()}}
     info["floor_fraction"] = info[FLOOR]["measured_fraction"]
     info["efficiency_estimate_at_0.5"] = efficiency_estimate(1 / info[FLOOR]["macs_reduction"],
                                                              info["floor_fraction"], 0.5)

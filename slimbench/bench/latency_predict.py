@@ -28,7 +28,7 @@ runs (``slimbench.pruning.latency_model``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -57,6 +57,7 @@ class LatencyModel:
     constant: float = 0.0
     reference_ms: float | None = None  # measured latency of the unpruned model, when calibrated
     measure_fn: Callable[[object], float] | None = None  # PruningPlan -> measured pruned / unpruned latency
+    calibration: dict[str, tuple[float, float]] = field(default_factory=dict)  # model -> (layer sum, measured ms)
 
     def conv_cost(self, name: str, cin: int, cout: int, resident: float = 0.0) -> float:
         """One conv's cost (ms, before scale) at ``cin`` input and ``cout`` output channels kept, in a

@@ -29,6 +29,7 @@ paying for partial blocks, so at equal MACs they are never slower than a global 
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable
 
@@ -161,7 +162,7 @@ def latency_search(graph: ChannelGraph, opts: PlanOptions, decide: Callable, fin
         raise ValueError("latency-aware planning needs a LatencyModel: call slimbench.plan / Analysis.plan "
                          "(they build one), or pass latency=slimbench.pruning.latency_model.latency_model(...)")
     if lm.graph is not graph:
-        lm = LatencyModel(lm.table, graph, lm.specs, lm.scale, lm.constant, lm.reference_ms, lm.measure_fn)
+        lm = dataclasses.replace(lm, graph=graph)
 
     def predicted(attempt) -> float:
         return lm.predict(~attempt[0][graph.class_of], attempt[2])

@@ -85,10 +85,10 @@ def latency_model(model: nn.Module, example_inputs: ExampleInputs, *, prune_fn: 
     runners = {"full": reference, **{k: make_runner(backend, prune_fn(p), timed_inputs, threads=threads)
                                      for k, p in plans.items()}}
     timings = measure(runners, threads=threads, backend=backend, **whole)
-    points = [(lm.layer_sum(), fastest(timings["full"]))]
+    lm.calibration = {"full": (lm.layer_sum(), fastest(timings["full"]))}
     for k, plan in plans.items():
-        points.append((lm.layer_sum(*keep_from_plan(graph, plan)), fastest(timings[k])))
-    lm.calibrate(points)
+        lm.calibration[k] = (lm.layer_sum(*keep_from_plan(graph, plan)), fastest(timings[k]))
+    lm.calibrate(list(lm.calibration.values()))
     lm.reference_ms = fastest(timings["full"])
 
     def measure_fn(plan: PruningPlan) -> float:

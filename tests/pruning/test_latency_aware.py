@@ -38,6 +38,19 @@ def test_plan_builds_a_latency_model_times_the_pruned_model_and_leaves_the_model
     g.prune(aware)
 
 
+def test_calibration_keeps_the_models_it_timed_and_fits_them(tmp_path):
+    from slimbench.pruning.latency_model import CALIBRATION_RATIOS, latency_model
+
+    model, x = _tiny(), torch.randn(1, 3, 16, 16)
+    lm = latency_model(model, x, cache_dir=tmp_path, progress=False, timing=QUICK)
+    step = max(e["step"] for e in lm.table.entries.values())
+    assert set(lm.calibration) == {"full", *(f"uniform {r} round_to={k}" for r in CALIBRATION_RATIOS
+                                             for k in sorted({1, step}))}
+    assert lm.calibration["full"] == (pytest.approx(lm.layer_sum()), lm.reference_ms)
+    residuals = [lm.scale * s + lm.constant - ms for s, ms in lm.calibration.values()]
+    assert sum(residuals) == pytest.approx(0.0, abs=1e-9 * len(residuals) + 1e-9)  # least squares with a constant
+
+
 def test_variants_offer_the_equal_latency_pair_on_request():
     """network slimming round_to=8 at the middle ratio, and latency-aware widths planned to its latency;
     with round_to=8 already asked for, its own row at the middle ratio is the reference (no duplicate)."""

@@ -14,7 +14,10 @@ curve is read as a staircase over its aligned samples, a misaligned input width 
 input off the blocks costs depends on the layer that produces it, which a one-layer table cannot see
 (measured: a misaligned input ran 3.7x its block on vgg19's 2x2 maps, and about its block inside
 densenet40, whose inputs are concatenations that every conv converts anyway; pricing inputs on their
-misaligned samples put densenet40's misaligned plans 30 % above its blocked ones).
+misaligned samples put densenet40's misaligned plans 30 % above its blocked ones). Below one block the
+input side is a line, not a staircase: onnxruntime reads an input narrower than its block directly
+(the kernel of a network's first conv), linear in the width and up to twice the block's cost on a 1x1
+conv at 56x56 (mobilenet_v2's expand convs: 14 input channels ran 0.21 ms, read at the block 0.09).
 ``cost = a + (out(cout) - a) * (in(cin) - a) / (full - a)``: rank-1 in the widths above a
 width-independent floor ``a`` that the corner sample (both widths at their smallest aligned) pins down.
 """
@@ -117,4 +120,6 @@ def conv_cost(entry: dict, depthwise: bool, cin: int, cout: int, in_size: int, o
     floor = _floor(entry.get("corner"), out_on[0][1], in_on[0][1], full)
     if full - floor <= 1e-12:
         return float(out)
-    return float(floor + (out - floor) * (_stair(in_on, cin) - floor) / (full - floor))
+    below = [p for p in entry["in"] if p[0] < entry["step"]]  # the direct kernel's samples
+    inn = _line(below, cin) if cin < entry["step"] and len(below) > 1 else _stair(in_on, cin)
+    return float(floor + (out - floor) * (inn - floor) / (full - floor))

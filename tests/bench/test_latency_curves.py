@@ -1,4 +1,5 @@
-"""How a latency curve is sampled and read: staircase on aligned widths, a line through misaligned ones."""
+"""How a latency curve is sampled and read: staircase on aligned widths, a line through misaligned ones,
+and a line below one block on the input side."""
 
 from __future__ import annotations
 
@@ -46,6 +47,21 @@ def test_a_misaligned_output_runs_the_unblocked_line_and_an_input_its_block():
     assert conv_cost(entry, False, 64, 23, 64, 64) == pytest.approx(1.5 * 23 / 16 * 4)
     assert conv_cost(entry, False, 32, 23, 64, 64) == pytest.approx(1.5 * 23 / 16 * 2)  # input: 2 blocks
     assert conv_cost(entry, False, 23, 32, 64, 64) == conv_cost(entry, False, 32, 32, 64, 64)
+
+
+def test_an_input_narrower_than_one_block_is_read_on_the_direct_kernels_line():
+    # onnxruntime reads an input narrower than its block directly, linear in the width and dearer than the
+    # block (mobilenet_v2's 1x1 expand convs at 56x56: 14 input channels cost about twice 16 of them)
+    size = 64
+    out = [[w, -(-w // 16) * 3.0] for w in grid(size, 16, misaligned=False)]
+    inn = [[w, 0.5 * w if w < 16 else -(-w // 16) * 3.0] for w in grid(size, 16, misaligned=False)]
+    entry = {"step": 16, "out": out, "in": inn}
+    assert conv_cost(entry, False, 12, 64, 64, 64) == pytest.approx(6.0)  # a sample
+    assert conv_cost(entry, False, 10, 64, 64, 64) == pytest.approx(5.0)  # on the line, not at 12's sample
+    assert conv_cost(entry, False, 14, 64, 64, 64) == pytest.approx(7.0)  # extended: not the block's 3.0
+    assert conv_cost(entry, False, 16, 64, 64, 64) == pytest.approx(3.0)  # one block: the blocked kernel
+    assert conv_cost(entry, False, 20, 64, 64, 64) == pytest.approx(6.0)  # above: the staircase, as before
+    assert conv_cost(entry, False, 14, 32, 64, 64) == pytest.approx(3.5)  # rank-1: half the outputs
 
 
 def test_detect_step_finds_the_widest_flat_block():

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["PROBE_STEP", "grid", "step_ends", "detect_step", "conv_cost", "aligned"]
+__all__ = ["PROBE_STEP", "grid", "step_ends", "detect_step", "conv_cost", "aligned", "blocked"]
 
 PROBE_STEP = 4
 Curve = list[list[float]]  # [[width, ms], ...] sorted by width
@@ -35,6 +35,16 @@ Curve = list[list[float]]  # [[width, ms], ...] sorted by width
 def aligned(width: int, size: int) -> bool:
     """Whether a kept width stays on the blocked kernels (a multiple of ``PROBE_STEP``, or the layer's own)."""
     return width % PROBE_STEP == 0 or width == size
+
+
+def blocked(depthwise: bool, cin: int, cout: int, in_size: int, out_size: int, step: int) -> bool:
+    """Whether a conv at these kept widths runs on the backend's blocked kernels, as onnxruntime 1.32's
+    graph shows (``SessionOptions.optimized_model_filepath``): a plain conv when its input width is
+    aligned or narrower than one block (its output is padded to the block whatever its width); a
+    depthwise conv when its width is aligned."""
+    if depthwise:
+        return aligned(cout, out_size)
+    return cin < step or aligned(cin, in_size)
 
 
 def grid(size: int, step: int, misaligned: bool = True) -> list[int]:

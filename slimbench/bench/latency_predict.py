@@ -13,12 +13,12 @@ The converse: a model whose weights fit in the last-level cache keeps them there
 the next, and a conv timed among copies (weights from memory) then costs less in it. vgg19 pruned
 uniformly to 7.4 MB of weights on blocked widths ran in 0.72 ms where its table costs summed to 1.08.
 The whole model is therefore priced with a residency: 1 when its conv weights fill at most
-``RESIDENT_ALL`` of the cache, 0 from ``RESIDENT_NONE`` on, linear between; a conv whose output width is
-on the block grid then sheds that share of its weight read time, at most ``1 - HOT_FLOOR`` of its cost.
-Convs with a misaligned output width shed nothing (vgg19's misaligned uniform plan at 6.9 MB ran at its
-table sum; in such plans most convs also read a misaligned input, which puts onnxruntime on its
-unblocked, compute-bound kernels). The three constants were chosen on five zoo models x 14 plans, seven
-held out (largest held-out miss over the five 12.4 -> 10.2 %; README, "Predictor").
+``RESIDENT_ALL`` of the cache, 0 from ``RESIDENT_NONE`` on, linear between; a conv on the blocked kernels
+(``latency_curves.blocked``) then sheds that share of its weight read time, at most ``1 - HOT_FLOOR`` of
+its cost. Convs on the unblocked kernels (a misaligned input) are compute-bound and shed nothing
+(vgg19's misaligned uniform plan at 6.9 MB ran at its table sum). The three constants were chosen on
+five zoo models x 14 plans, seven held out (largest held-out miss over the five 12.4 -> 10.2 %; README,
+"Predictor").
 
 ``scale`` and ``constant`` absorb what the tables cannot see (layout conversions between layers,
 residual adds, pooling, each node's dispatch): ``LatencyModel.calibrate`` fits them on whole-model
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from slimbench.analysis.graph import ChannelGraph
-from slimbench.bench.latency_curves import aligned
+from slimbench.bench.latency_curves import blocked
 from slimbench.bench.latency_table import LatencyTable, LayerSpec
 
 __all__ = ["LatencyModel", "RESIDENT_ALL", "RESIDENT_NONE", "HOT_FLOOR"]
@@ -70,7 +70,8 @@ class LatencyModel:
         read = spec.weight_bytes(cin, cout) / (bandwidth * 1e6)  # GB/s = 1e6 bytes per ms
         if not self.table.entries[spec.key].get("weights_read"):
             return cost + read
-        if resident > 0 and aligned(cout, spec.out_channels):
+        step = self.table.entries[spec.key]["step"]
+        if resident > 0 and blocked(spec.depthwise, cin, cout, spec.in_channels, spec.out_channels, step):
             cost -= resident * min(read, (1 - HOT_FLOOR) * cost)
         return cost
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from slimbench.bench.latency_curves import aligned, conv_cost, detect_step, grid
+from slimbench.bench.latency_curves import aligned, blocked, conv_cost, detect_step, grid
 
 
 def test_grid_samples_block_ends_the_first_block_and_the_misaligned_widths():
@@ -47,6 +47,15 @@ def test_a_misaligned_output_runs_the_unblocked_line_and_an_input_its_block():
     assert conv_cost(entry, False, 64, 23, 64, 64) == pytest.approx(1.5 * 23 / 16 * 4)
     assert conv_cost(entry, False, 32, 23, 64, 64) == pytest.approx(1.5 * 23 / 16 * 2)  # input: 2 blocks
     assert conv_cost(entry, False, 23, 32, 64, 64) == conv_cost(entry, False, 32, 32, 64, 64)
+
+
+def test_blocked_kernels_follow_the_input_width_of_a_plain_conv_and_the_width_of_a_depthwise_one():
+    # read off onnxruntime 1.32's optimized graphs: the input width decides, the output is padded
+    assert blocked(False, 32, 30, 64, 64, 16) and blocked(False, 36, 64, 64, 64, 16)
+    assert not blocked(False, 30, 32, 64, 64, 16)
+    assert blocked(False, 13, 32, 64, 64, 16)  # narrower than a block: read directly, still blocked
+    assert blocked(True, 72, 72, 96, 96, 16) and not blocked(True, 70, 70, 96, 96, 16)
+    assert blocked(False, 3, 16, 3, 16, 16)  # a stem's RGB input
 
 
 def test_an_input_narrower_than_one_block_is_read_on_the_direct_kernels_line():

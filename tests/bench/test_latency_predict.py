@@ -78,8 +78,10 @@ def test_a_model_whose_weights_fit_in_the_cache_sheds_its_blocked_convs_weight_r
     assert lm.residency(weights) == 1.0
     assert lm.layer_sum() == pytest.approx(HOT_FLOOR * cold)  # every conv on blocks, each floored
     assert lm.layer_sum(names=list(specs)) == pytest.approx(cold)  # a widths search compares table costs
+    inner = specs["layer3.0.conv1"]  # 32 -> 64: a misaligned input puts it on the unblocked kernels
+    assert lm.conv_cost("layer3.0.conv1", 30, 64, 1.0) == pytest.approx(table.cost(inner, 30, 64))  # no refund
+    assert lm.conv_cost("layer3.0.conv1", 32, 60, 1.0) < table.cost(inner, 32, 60)  # output padded: blocked
     name, spec = "layer2.0.conv1", specs["layer2.0.conv1"]
-    assert lm.conv_cost(name, 16, 30, 1.0) == pytest.approx(table.cost(spec, 16, 30))  # unblocked: no refund
     table.bandwidth_gb_s = 1e3  # fast memory: the refund is the read time itself
     read = spec.weight_bytes(16, 32) / 1e9
     assert lm.conv_cost(name, 16, 32, 1.0) == pytest.approx(table.cost(spec, 16, 32) - read)

@@ -130,6 +130,6 @@ def conv_cost(entry: dict, depthwise: bool, cin: int, cout: int, in_size: int, o
     floor = _floor(entry.get("corner"), out_on[0][1], in_on[0][1], full)
     if full - floor <= 1e-12:
         return float(out)
-    below = [p for p in entry["in"] if p[0] < entry["step"]]  # the direct kernel's samples
-    inn = _line(below, cin) if cin < entry["step"] and len(below) > 1 else _stair(in_on, cin)
+    below = [p for p in entry["in"] if p[0] < entry["step"]] if cin < entry["step"] else []  # direct kernel
+    inn = _line(below, cin) if len(below) > 1 else _stair(in_on, cin)
     return float(floor + (out - floor) * (inn - floor) / (full - floor))

@@ -77,9 +77,14 @@ class LatencyModel:
 
     def weight_bytes(self, keep_gid: np.ndarray | None = None, removed: frozenset[str] = frozenset()) -> int:
         """float32 weight bytes of the timed convs under a keep mask (what one inference reads)."""
+        return self._weight_bytes(self._kept_widths(keep_gid, removed, self.specs))
+
+    def _kept_widths(self, keep_gid: np.ndarray | None, removed: frozenset[str], names) -> dict[str, tuple[int, int]]:
         keep = np.ones(self.graph.n_gids, dtype=bool) if keep_gid is None else keep_gid
-        return sum(spec.weight_bytes(*self.widths(name, keep)) for name, spec in self.specs.items()
-                   if name not in removed)
+        return {name: self.widths(name, keep) for name in names if name not in removed}
+
+    def _weight_bytes(self, widths: dict[str, tuple[int, int]]) -> int:
+        return sum(self.specs[name].weight_bytes(*w) for name, w in widths.items())
 
     def residency(self, weight_bytes: float) -> float:
         """Share of weight reads a model with ``weight_bytes`` of conv weights serves from the cache:
@@ -105,10 +110,9 @@ class LatencyModel:
         """Sum of conv costs (``removed``: convs the plan deletes). The whole model is priced with its
         weights' cache residency; ``names`` (only those convs, as the widths search compares one
         layer's steps) at the table's costs, weights streamed from memory."""
-        keep = np.ones(self.graph.n_gids, dtype=bool) if keep_gid is None else keep_gid
-        resident = 0.0 if names is not None else self.residency(self.weight_bytes(keep, removed))
-        return sum(self.conv_cost(name, *self.widths(name, keep), resident)
-                   for name in (self.specs if names is None else names) if name not in removed)
+        widths = self._kept_widths(keep_gid, removed, self.specs if names is None else names)
+        resident = 0.0 if names is not None else self.residency(self._weight_bytes(widths))
+        return sum(self.conv_cost(name, *w, resident) for name, w in widths.items())
 
     def predict(self, keep_gid: np.ndarray | None = None, removed: frozenset[str] = frozenset()) -> float:
         return self.scale * self.layer_sum(keep_gid, removed) + self.constant

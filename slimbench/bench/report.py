@@ -243,23 +243,22 @@ def _report_model(name: str, s: ReportSettings, bar) -> tuple[list[dict], np.nda
     untrained = not s.checkpoint and t["epochs"] == 0
     x = torch.randn(1, *info.input_shape, generator=torch.Generator().manual_seed(s.seed))
     rows, models, thresholds, plans, matched = [], {}, {}, {}, {}
+    equal_latency = None  # options of the latency-aware rows: one calibrated latency model serves them all
     for variant in variants_for(info.residual, ratios=s.ratios, methods=s.methods, round_to=s.round_to,
                                 latency_aware=s.latency_aware):
-        aware = variant.widths == "latency"
+        aware = variant.budget == "latency"
         bar.set_description(f"{name}: {variant.label} {variant.ratio:g}"
                             + (f" (latency model on {latency_backend(s.backends)})" if aware else ""))
-        options = None
-        if aware:
-            options, matched = _equal_latency_options(name, model, x, s, plans, variant.ratio)
-        pruned, plan = apply_variant(model, x, variant, options)
+        if aware and equal_latency is None:
+            equal_latency, matched = _equal_latency_options(name, model, x, s, plans, variant.ratio)
+        pruned, plan = apply_variant(model, x, variant, equal_latency if aware else None)
         if plan is not None and variant.method == "network_slimming" and variant.residual == DEFAULT_RESIDUAL \
                 and variant.branches == "keep" and variant.round_to == s.round_to and not aware:
             thresholds[variant.ratio] = _threshold(model, plan)
         if plan is not None:
             plans[variant.key(name)] = getattr(pruned, "slimbench_plan", plan)  # as verified by prune
         if aware:
-            matched.update(_planned(plans[variant.key(name)]))
-            notes.append(_latency_note(name, plans[variant.key(name)], matched))
+            matched["rows"][variant.label] = _planned(plans[variant.key(name)])
         if t["finetune_steps"] and variant.method != "unpruned":
             finetune(pruned, train_loader, epochs=1, steps_per_epoch=t["finetune_steps"], lr=t["finetune_lr"],
                      milestones=(1.0,), progress=False, seed=s.seed)
@@ -277,6 +276,9 @@ def _report_model(name: str, s: ReportSettings, bar) -> tuple[list[dict], np.nda
     timings = time_models(models, x, backends=s.backends, threads=s.threads, batch_size=s.batch_size,
                           min_time_s=s.latency_time)
     _timed(rows, timings, rows[0]["case"])
+    if matched:
+        table = next(p for p in plans.values() if p.options.get("target_latency") is not None).options["latency"]
+        notes.append(_latency_note(name, table["table"], matched))
     if t["finetune_steps"]:
         notes.append(f"{name}: each pruned model fine-tuned {t['finetune_steps']} steps (batch {s.train_batch}, "
                      f"lr {t['finetune_lr']:g}) before evaluation")
@@ -288,17 +290,19 @@ def _report_model(name: str, s: ReportSettings, bar) -> tuple[list[dict], np.nda
 
 def _equal_latency_options(name: str, model: nn.Module, x: torch.Tensor, s: ReportSettings,
                            plans: dict[str, PruningPlan], ratio: float) -> tuple[dict, dict]:
-    """Plan options of the latency-aware row, and what it is matched to: ``target_latency`` = the
+    """Plan options of the latency-aware rows, and what they are matched to: ``target_latency`` = the
     measured latency fraction (pruned / unpruned, interleaved, fastest samples) of network slimming
-    ``round_to=8`` at ``ratio`` (planned before it), on the report's latency backend, batch and threads.
-    One calibrated latency model serves both that measurement and the plan's search and real checks."""
+    ``round_to=8`` at ``ratio`` (planned before them), on the report's latency backend, batch and threads.
+    One calibrated latency model serves that measurement and every row's search and real checks;
+    ``matched["rows"]`` gets, per row label, where its search ended (``_planned``)."""
     from slimbench.pruning.latency_model import latency_model
 
     reference = latency_reference([ratio]).key(name)
     settings = {k: v for k, v in s.latency_options()["latency"].items() if k != "calibrate"}
     lm = latency_model(model, x, calibrate=True, **settings)
     target = float(lm.measure_fn(plans[reference]))
-    matched = {"reference": reference, "reference_measured_ratio": target, "target_latency": min(target, 1.0)}
+    matched = {"reference": reference, "reference_measured_ratio": target, "target_latency": min(target, 1.0),
+               "rows": {}}
     return {"target_latency": matched["target_latency"], "latency": lm}, matched
 
 
@@ -309,35 +313,47 @@ def _planned(plan: PruningPlan) -> dict:
             "measured_ratio": info.get("measured_ratio")}
 
 
-def _latency_note(name: str, plan: PruningPlan, matched: dict) -> str:
-    t = plan.options["latency"]["table"]
-    how = ("read from the cache" if t["from_cache"] else
-           f"built in {t['build_s']:.1f} s ({t['measured_points']} points timed, {t['cached_shapes']} of "
-           f"{t['shapes']} layer shapes from the cache)")
+ROW_MEANING = {  # what each latency-aware row is, for the caption
+    "network_slimming+latency-widths": "network slimming's gamma with every layer at the end of a measured latency "
+                                       "step, chosen by the most gamma kept per millisecond (widths='latency')",
+    "network_slimming+latency-steps": "network slimming's channels with each layer's kept count moved to the "
+                                      "nearest end of its measured latency step (widths='steps')",
+}
+
+
+def _latency_note(name: str, table: dict, matched: dict) -> str:
+    """The caption's sentence on the latency-aware rows of ``name``: what each is, the latency they were
+    planned to, what each plan measured, a miss flagged, and where the layer table came from."""
+    how = ("read from the cache" if table["from_cache"] else
+           f"built in {table['build_s']:.1f} s ({table['measured_points']} points timed, {table['cached_shapes']} "
+           f"of {table['shapes']} layer shapes from the cache)")
     from slimbench.pruning.latency_aware import TOLERANCE, landed
 
     reference = matched["reference"].split("/", 1)[1].replace("/", " at ")
-    missed = ""
-    if not landed(matched["measured_ratio"], matched["target_latency"]):
-        # a miss tilts the comparison: a faster plan had less time to keep accuracy, a slower one more
-        faster = matched["measured_ratio"] < matched["target_latency"]
-        missed = (f": MISSED by more than {TOLERANCE:.0%}, the two rows are not at equal latency; it is "
-                  f"{'faster' if faster else 'slower'}, so the accuracy comparison favours "
-                  f"{reference.split(' at ')[0] if faster else 'the latency-widths row'}")
-    return (f"{name}: +latency-widths = network slimming with every layer at the end of a measured latency step, "
-            f"planned to the latency of {reference} (target_latency {matched['target_latency']:.3f} of the "
-            f"unpruned model, measured; the plan measured {matched['measured_ratio']:.3f} when planned"
-            + missed
-            + f") ({t['backend']}, {t['threads']} thread(s), batch {t['batch']}; layer table {how})")
+    parts = []
+    for label, planned in matched["rows"].items():
+        missed = ""
+        if not landed(planned["measured_ratio"], matched["target_latency"]):
+            # a miss tilts the comparison: a faster plan had less time to keep accuracy, a slower one more
+            faster = planned["measured_ratio"] < matched["target_latency"]
+            missed = (f": MISSED by more than {TOLERANCE:.0%}, not at equal latency; it is "
+                      f"{'faster' if faster else 'slower'}, so the accuracy comparison favours "
+                      f"{reference.split(' at ')[0] if faster else 'it'}")
+        meaning = ROW_MEANING.get(label, label)
+        parts.append(f"+{label.split('+')[-1]} = {meaning}, measured {planned['measured_ratio']:.3f} when "
+                     f"planned{missed}")
+    return (f"{name}: " + "; ".join(parts) + f"; each planned to the latency of {reference} (target_latency "
+            f"{matched['target_latency']:.3f} of the unpruned model, measured) ({table['backend']}, "
+            f"{table['threads']} thread(s), batch {table['batch']}; layer table {how})")
 
 
 def _latency_tables(rows: list[dict], plans: dict[str, PruningPlan], matched: dict[str, dict]) -> dict[str, dict]:
-    """model -> the latency table behind its latency-aware row (run record): key, build time, cache use,
+    """model -> the latency table behind its latency-aware rows (run record): key, build time, cache use,
     and the equal-latency match (``equal_latency``: reference case, its measured fraction, the target,
-    and the goal, predicted and measured fractions the plan ended at)."""
+    and per row label (``rows``) the goal, predicted and measured fractions its plan ended at)."""
     aware = {r["model"]: plans[r["case"]].options["latency"] for r in rows
-             if r["case"] in plans and plans[r["case"]].options.get("widths") == "latency"}
-    return {model: {**info["table"], "predicted_ratio": info.get("predicted_ratio"), "predicted_calibrated": True,
+             if r["case"] in plans and plans[r["case"]].options.get("target_latency") is not None}
+    return {model: {**info["table"], "predicted_calibrated": True,
                     **({"equal_latency": matched[model]} if model in matched else {})}
             for model, info in aware.items()}
 

@@ -61,16 +61,18 @@ class Variant:
 
 
 UNPRUNED = Variant("unpruned")
+LATENCY_ROWS = ("latency", "steps")  # the widths of the rows --latency-aware plans to round_to=8's latency
 
 
 def variants_for(residual: str, *, ratios: Sequence[float] = DEFAULT_RATIOS, methods: Sequence[str] = METHODS,
                  extras: bool = True, round_to: int = 1, latency_aware: bool = False) -> list[Variant]:
     """The unpruned model, every method x ratio, and the network-slimming variants that the model's
     residual style (``ModelInfo.residual``: "none", "post-activation", "pre-activation") adds;
-    ``latency_aware``: the equal-latency pair at the middle ratio: network slimming with ``round_to=8``
-    (unless ``round_to`` is 8 and network slimming is in ``methods``: that row is already there) and
-    network slimming with latency-aware widths planned to that model's measured latency
-    (``budget="latency"``: ``apply_variant`` needs ``target_latency``; it measures a latency table on
+    ``latency_aware``: the equal-latency rows at the middle ratio: network slimming with ``round_to=8``
+    (unless ``round_to`` is 8 and network slimming is in ``methods``: that row is already there), and
+    network slimming planned to that model's measured latency twice, with ``widths="latency"`` (the
+    knapsack) and ``widths="steps"`` (the criterion's channels snapped to step ends) (``LATENCY_ROWS``;
+    ``budget="latency"``: ``apply_variant`` needs ``target_latency``; they measure a latency table on
     this machine, so counts are not fixed baselines)."""
     if residual not in _RESIDUAL_EXTRAS:
         raise ValueError(f"unknown residual style {residual!r}; choose from {', '.join(_RESIDUAL_EXTRAS)} "
@@ -86,7 +88,7 @@ def variants_for(residual: str, *, ratios: Sequence[float] = DEFAULT_RATIOS, met
         middle = latency_reference(ratios)
         if middle not in out:
             out.append(middle)
-        out.append(Variant("network_slimming", middle.ratio, widths="latency", budget="latency"))
+        out += [Variant("network_slimming", middle.ratio, widths=w, budget="latency") for w in LATENCY_ROWS]
     return out
 
 

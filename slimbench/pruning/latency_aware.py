@@ -154,9 +154,10 @@ def _goal_search(decide, cost: Callable, goal: float):
     return bisect_ratio(decide, cost, goal, most, steps=25)
 
 
-def latency_search(graph: ChannelGraph, opts: PlanOptions, decide: Callable, finish: Callable,
+def latency_search(graph: ChannelGraph, opts: PlanOptions, decide: Callable, finish: Callable, macs: Callable,
                    importance: np.ndarray, pool: np.ndarray):
-    """The plan for ``target_latency`` and/or ``widths="latency"`` (called by ``plan_on_graph``)."""
+    """The plan for ``target_latency`` and/or latency-aware ``widths`` (called by ``plan_on_graph``, whose
+    ``decide``, ``finish`` and ``macs`` make, turn into a plan, and count an attempt)."""
     lm = opts.latency
     if lm is None or isinstance(lm, dict):
         raise ValueError("latency-aware planning needs a LatencyModel: call slimbench.plan / Analysis.plan "
@@ -169,9 +170,6 @@ def latency_search(graph: ChannelGraph, opts: PlanOptions, decide: Callable, fin
 
     def widths_attempt(done) -> tuple:
         return decide(None, latency_widths(graph, lm, importance, pool, done))
-
-    def macs(attempt) -> int:
-        return graph.macs(~attempt[0][graph.class_of], attempt[2])
 
     chooser = decide  # ratio -> attempt: the criterion's channels, or (widths="steps") snapped to step ends
     if opts.widths == "steps":

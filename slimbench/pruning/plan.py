@@ -183,7 +183,7 @@ def plan_on_graph(model: nn.Module, inputs: tuple[Tensor, ...], graph: ChannelGr
             return _to_plan(graph, ~attempt[0][graph.class_of], attempt[1], attempt[2], criterion.name, r, inputs,
                             base, opts.record())
 
-        return latency_search(graph, opts, decide, finish, importance, pool)
+        return latency_search(graph, opts, decide, finish, macs, importance, pool)
     if opts.target_macs is None:
         prune, names, removed_modules = decide(opts.ratio)
         ratio = opts.ratio

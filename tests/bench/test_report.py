@@ -150,40 +150,47 @@ def test_cli_writes_json_atomically_and_a_png_plot(tmp_path, capsys):
 
 
 def test_latency_aware_rows_compare_at_equal_latency_verified_and_the_table_reused(tmp_path, monkeypatch, capsys):
-    """--latency-aware: network slimming round_to=8 at the middle ratio, and latency-aware widths planned to
-    that model's measured latency fraction (target_latency), on onnxruntime (the report's latency backend
-    though torch is timed first) at the report's batch and threads; the table is built once, cached under
-    the default cache dir ($SLIMBENCH_CACHE, here empty), and the next run (the CLI, --round-to 8: its own
-    round8 row is the reference, not a duplicate) reads it."""
+    """--latency-aware: network slimming round_to=8 at the middle ratio, and the knapsack and step widths
+    planned to that model's measured latency fraction (target_latency), on onnxruntime (the report's
+    latency backend though torch is timed first) at the report's batch and threads; the table is built
+    once, cached under the default cache dir ($SLIMBENCH_CACHE, here empty), and the next run (the CLI,
+    --round-to 8: its own round8 row is the reference, not a duplicate) reads it."""
     monkeypatch.setenv("SLIMBENCH_CACHE", str(tmp_path))
     settings = ReportSettings(models=("resnet20",), ratios=(0.5,), methods=("network_slimming",), epochs=1,
                               train_steps=4, finetune_steps=2, latency_time=0.02, progress=False,
                               backends=("torch", "ort"), latency_aware=True, latency_table_timing=QUICK_TABLE)
     first = build_report(settings)
     assert [r["method"] for r in first.rows] == ["unpruned", "network_slimming", "network_slimming+branch-removal",
-                                                 "network_slimming+round8", "network_slimming+latency-widths"]
-    rounded, row, base = first.rows[-2], first.rows[-1], first.rows[0]
-    assert row["ratio"] == rounded["ratio"] == 0.5 and row["params"] < base["params"] and row["macs"] < base["macs"]
-    assert 0.0 <= row["accuracy"] <= 1.0 and row["latency_ort_ms"] > 0 and row["speedup_ort"] > 0
-    assert row["latency_torch_ms"] > 0 and rounded["latency_ort_ms"] > 0
+                                                 "network_slimming+round8", "network_slimming+latency-widths",
+                                                 "network_slimming+latency-steps"]
+    rounded, base = first.rows[-3], first.rows[0]
     reference = first.plans[rounded["case"]]
-    plan = first.plans[row["case"]]  # the plan the pruned model was built from, as prune verified it
     assert reference.options["round_to"] == 8 and reference.options.get("widths", "channels") == "channels"
-    assert plan.options["widths"] == "latency" and plan.options["round_to"] == 1
-    for verified in (reference, plan):  # both pruned models equal their zeroed originals
-        assert verified.options["verification"]["frozen"] == []
-        assert verified.options["verification"]["max_rel_err"] < 1e-6
-    assert first.plans["resnet20/network_slimming/0.5"].options.get("widths", "channels") == "channels"
     table = first.run["latency_tables"]["resnet20"]
     assert (table["backend"], table["threads"], table["batch"]) == ("ort", 1, 1)
     assert not table["from_cache"] and table["measured_points"] > 0 and table["build_s"] > 0
     matched = table["equal_latency"]
     assert matched["reference"] == rounded["case"] == "resnet20/network_slimming+round8/0.5"
     assert 0 < matched["reference_measured_ratio"] <= 1
-    assert plan.options["target_latency"] == matched["target_latency"] == matched["reference_measured_ratio"]
-    assert plan.options["latency"]["measured_ratio"] == matched["measured_ratio"] > 0
+    assert list(matched["rows"]) == ["network_slimming+latency-widths", "network_slimming+latency-steps"]
+    for row, widths in zip(first.rows[-2:], ("latency", "steps"), strict=True):
+        assert row["ratio"] == rounded["ratio"] == 0.5
+        assert row["params"] < base["params"] and row["macs"] < base["macs"]
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["latency_ort_ms"] > 0 and row["speedup_ort"] > 0
+        assert row["latency_torch_ms"] > 0 and rounded["latency_ort_ms"] > 0
+        plan = first.plans[row["case"]]  # the plan the pruned model was built from, as prune verified it
+        assert plan.options["widths"] == widths and plan.options["round_to"] == 1
+        for verified in (reference, plan):  # the pruned models equal their zeroed originals
+            assert verified.options["verification"]["frozen"] == []
+            assert verified.options["verification"]["max_rel_err"] < 1e-6
+        assert plan.options["target_latency"] == matched["target_latency"] == matched["reference_measured_ratio"]
+        planned = matched["rows"][row["method"]]
+        assert plan.options["latency"]["measured_ratio"] == planned["measured_ratio"] > 0
+        assert plan.options["latency"]["predicted_ratio"] == planned["predicted_ratio"] > 0
+        assert f"+{row['method'].split('+')[-1]} = network slimming's" in first.caption
+    assert first.plans["resnet20/network_slimming/0.5"].options.get("widths", "channels") == "channels"
     assert first.run["settings"]["latency_aware"] is True and "layer table built in" in first.caption
-    assert "planned to the latency of network_slimming+round8 at 0.5" in first.caption
+    assert "each planned to the latency of network_slimming+round8 at 0.5" in first.caption
     files = list((tmp_path / "latency").glob("ort-1t-*.json"))
     assert len(files) == 1
     written = files[0].stat().st_mtime_ns
@@ -195,8 +202,9 @@ def test_latency_aware_rows_compare_at_equal_latency_verified_and_the_table_reus
     data = json.loads(capsys.readouterr().out)
     assert [r["method"] for r in data["rows"]] == ["unpruned", "network_slimming+round8",
                                                    "network_slimming+branch-removal+round8",
-                                                   "network_slimming+latency-widths"]
-    assert data["rows"][-1]["speedup_ort"] > 0
+                                                   "network_slimming+latency-widths",
+                                                   "network_slimming+latency-steps"]
+    assert data["rows"][-1]["speedup_ort"] > 0 and data["rows"][-2]["speedup_ort"] > 0
     again = data["run"]["latency_tables"]["resnet20"]
     assert again["equal_latency"]["reference"] == "resnet20/network_slimming+round8/0.5"
     assert again["from_cache"] and again["measured_points"] == 0 and again["cached_shapes"] == table["shapes"]
@@ -290,32 +298,38 @@ def test_default_report_latency_aware_widths_match_round_to_8_at_equal_latency()
                                    progress=False, latency_aware=True)
     report = build_report(settings)
     rows = {r["method"]: r for r in report.rows}
-    rounded, aware = rows["network_slimming+round8"], rows["network_slimming+latency-widths"]
-    assert report.plans[aware["case"]].options["target_latency"] == \
-        report.run["latency_tables"]["resnet56"]["equal_latency"]["reference_measured_ratio"]
-    # equal latency: the final interleaved timing of both rows (medians) within 10 %
-    assert abs(aware["latency_ort_ms"] / rounded["latency_ort_ms"] - 1) <= 0.10, (aware, rounded)
-    # the digits test split is 450 images: one image (1/450 = 0.22 %) is the granularity of accuracy, and two
-    # fine-tunes of differently pruned models may flip a single image either way, so one image is tolerated
-    assert aware["accuracy"] >= rounded["accuracy"] - 1 / 450 - 1e-9, (aware, rounded)
+    rounded = rows["network_slimming+round8"]
+    for label in ("network_slimming+latency-widths", "network_slimming+latency-steps"):
+        aware = rows[label]
+        assert report.plans[aware["case"]].options["target_latency"] == \
+            report.run["latency_tables"]["resnet56"]["equal_latency"]["reference_measured_ratio"]
+        # equal latency: the final interleaved timing of both rows (medians) within 10 %
+        assert abs(aware["latency_ort_ms"] / rounded["latency_ort_ms"] - 1) <= 0.10, (aware, rounded)
+        # the digits test split is 450 images: one image (1/450 = 0.22 %) is the granularity of accuracy, and two
+        # fine-tunes of differently pruned models may flip a single image either way, so one image is tolerated
+        assert aware["accuracy"] >= rounded["accuracy"] - 1 / 450 - 1e-9, (aware, rounded)
 
 
 def test_the_caption_says_when_the_latency_aware_plan_missed_round8s_latency():
-    from types import SimpleNamespace
-
     from slimbench.bench.report import _latency_note
 
     table = {"from_cache": True, "backend": "ort", "threads": 1, "batch": 1}
-    plan = SimpleNamespace(options={"latency": {"table": table}})
-    matched = {"reference": "vgg19/network_slimming+round8/0.5", "target_latency": 0.22, "measured_ratio": 0.23}
-    assert "MISSED" not in _latency_note("vgg19", plan, matched)  # 4.5 % off: within the 6 % tolerance
-    assert "MISSED" in _latency_note("vgg19", plan, {**matched, "measured_ratio": 0.2})  # 9 % under
-    note = _latency_note("vgg19", plan, {**matched, "measured_ratio": 0.107})
-    assert "planned to the latency of network_slimming+round8 at 0.5 (target_latency 0.220" in note
-    assert "measured 0.107 when planned: MISSED by more than 6%, the two rows are not at equal latency" in note
-    assert "it is faster, so the accuracy comparison favours network_slimming+round8" in note
-    slower = _latency_note("vgg19", plan, {**matched, "measured_ratio": 0.3})
-    assert "it is slower, so the accuracy comparison favours the latency-widths row" in slower
+    widths, steps = "network_slimming+latency-widths", "network_slimming+latency-steps"
+
+    def note(widths_measured: float, steps_measured: float = 0.22) -> str:
+        rows = {widths: {"measured_ratio": widths_measured}, steps: {"measured_ratio": steps_measured}}
+        return _latency_note("vgg19", table, {"reference": "vgg19/network_slimming+round8/0.5",
+                                              "target_latency": 0.22, "rows": rows})
+
+    assert "MISSED" not in note(0.23)  # 4.5 % off: within the 6 % tolerance
+    assert note(0.2).count("MISSED") == 1  # 9 % under
+    text = note(0.107)
+    assert "each planned to the latency of network_slimming+round8 at 0.5 (target_latency 0.220" in text
+    assert "measured 0.107 when planned: MISSED by more than 6%, not at equal latency" in text
+    assert "it is faster, so the accuracy comparison favours network_slimming+round8" in text
+    assert "(widths='steps'), measured 0.220 when planned; each" in text  # the steps row landed
+    assert "it is slower, so the accuracy comparison favours it" in note(0.22, 0.3).split("+latency-steps")[1]
+    assert "layer table read from the cache" in text
 
 
 def test_each_model_gets_its_family_recipe_unless_a_setting_is_given(monkeypatch):

@@ -52,26 +52,30 @@ def test_calibration_keeps_the_models_it_timed_and_fits_them(tmp_path):
 
 
 def test_variants_offer_the_equal_latency_pair_on_request():
-    """network slimming round_to=8 at the middle ratio, and latency-aware widths planned to its latency;
-    with round_to=8 already asked for, its own row at the middle ratio is the reference (no duplicate)."""
+    """network slimming round_to=8 at the middle ratio, and the knapsack and step widths planned to its
+    latency; with round_to=8 already asked for, its own row at the middle ratio is the reference (no
+    duplicate)."""
     plain = variants_for("none", ratios=(0.3, 0.5, 0.7))
     assert all(v.widths == "channels" for v in plain)
     extra = variants_for("none", ratios=(0.7, 0.3, 0.5), latency_aware=True)
-    assert len(extra) == len(plain) + 2
-    reference, row = extra[-2:]
+    assert len(extra) == len(plain) + 3
+    reference, *aware = extra[-3:]
     assert reference == latency_reference((0.3, 0.5, 0.7))
     assert (reference.label, reference.ratio, reference.plan_options()["round_to"]) == ("network_slimming+round8",
                                                                                        0.5, 8)
-    assert (row.ratio, row.label, row.budget) == (0.5, "network_slimming+latency-widths", "latency")
-    options = row.plan_options()
-    assert options["widths"] == "latency" and "ratio" not in options and "widths" not in plain[1].plan_options()
-    with pytest.raises(ValueError, match="target_latency"):
-        apply_variant(_tiny(), torch.randn(1, 3, 16, 16), row)
+    assert [(row.ratio, row.label, row.budget) for row in aware] == [
+        (0.5, "network_slimming+latency-widths", "latency"), (0.5, "network_slimming+latency-steps", "latency")]
+    for row, widths in zip(aware, ("latency", "steps"), strict=True):
+        options = row.plan_options()
+        assert options["widths"] == widths and options["round_to"] == 1 and "ratio" not in options
+        with pytest.raises(ValueError, match="target_latency"):
+            apply_variant(_tiny(), torch.randn(1, 3, 16, 16), row)
+    assert "widths" not in plain[1].plan_options()
     rounded = variants_for("none", ratios=(0.3, 0.5, 0.7), round_to=8)
     both = variants_for("none", ratios=(0.3, 0.5, 0.7), round_to=8, latency_aware=True)
-    assert both == [*rounded, row] and reference in rounded
+    assert both == [*rounded, *aware] and reference in rounded
     no_ns = variants_for("none", ratios=(0.5,), methods=("optimal_thresholding",), round_to=8, latency_aware=True)
-    assert no_ns[-2:] == [latency_reference((0.5,)), row]
+    assert no_ns[-3:] == [latency_reference((0.5,)), *aware]
 
 
 QUICK = {"min_time_s": 0.0, "min_rounds": 3, "sample_ms": 0.2}  # a table in about a second: tests only

@@ -19,13 +19,17 @@ STEP = 8
 class FakeBackend:
     """Runners that advance a simulated clock by onnxruntime's shape of cost: ceil(cin/8) * ceil(cout/8)
     blocks, except that an output width that is not a multiple of 4 (nor the layer's own) runs an
-    unblocked kernel, linear in it and ``penalty`` times the blocks' rate."""
+    unblocked kernel, linear in it and ``penalty`` times the blocks' rate; with ``in_penalty``, so does
+    a plain conv's input width off the blocks from one block up (``in_penalty`` times the rate), its
+    output then padded to the blocks."""
 
-    def __init__(self, step: int = STEP, overhead: float = 0.0, penalty: float = 1.5) -> None:
+    def __init__(self, step: int = STEP, overhead: float = 0.0, penalty: float = 1.5,
+                 in_penalty: float | None = None) -> None:
         self.now = 0.0
         self.step = step
         self.overhead = overhead
         self.penalty = penalty
+        self.in_penalty = in_penalty
         self.calls: list[tuple[str, int, int]] = []
 
     def clock(self) -> float:
@@ -33,9 +37,12 @@ class FakeBackend:
 
     def cost(self, spec, cin: int, cout: int) -> float:
         # a constant plus a bilinear term: the table's floor + rank-1 model is then exact
-        blocked = cout % 4 == 0 or cout == spec.out_channels
+        unblocked_input = (self.in_penalty is not None and not spec.depthwise and cin % 4 != 0 and cin >= self.step
+                           and cin != spec.in_channels)
+        blocked = unblocked_input or cout % 4 == 0 or cout == spec.out_channels
         outs = math.ceil(cout / self.step) if blocked else self.penalty * cout / self.step
-        work = outs * (1 if spec.depthwise else math.ceil(cin / self.step))
+        ins = self.in_penalty * cin / self.step if unblocked_input else math.ceil(cin / self.step)
+        work = outs * (1 if spec.depthwise else ins)
         return self.overhead + 1e-6 * work * spec.kernel[0] * spec.kernel[1] * spec.height * spec.width / 64
 
     def factory(self, spec, cin: int, cout: int):

@@ -10,11 +10,11 @@ depthwise conv of 72 channels ran in 0.028 ms, one of 79 in 0.30 ms.
 So the output curve holds two kinds of samples. Aligned ones (every 4 inside the first block, every
 block end, the full width) are read as a staircase: a kept width costs the smallest aligned sample at
 or above it. Misaligned ones (3 and every block end - 1) are read by linear interpolation. The input
-curve is read as a staircase over its aligned samples, a misaligned input width at its block: what an
-input off the blocks costs depends on the layer that produces it, which a one-layer table cannot see
-(measured: a misaligned input ran 3.7x its block on vgg19's 2x2 maps, and about its block inside
-densenet40, whose inputs are concatenations that every conv converts anyway; pricing inputs on their
-misaligned samples put densenet40's misaligned plans 30 % above its blocked ones). Below one block the
+curve is read as a staircase over its aligned samples, a misaligned input width at its block, unless
+the caller says the conv runs its ``unblocked_input`` kernel: then on the line through the input
+curve's misaligned samples. Which convs do depends on more than the layer (``LatencyModel``: a
+misaligned input wider than a block puts a plain conv on onnxruntime's unblocked kernel, but inside
+densenet40, whose inputs are concatenations, such convs ran at about their block). Below one block the
 input side is a line, not a staircase: onnxruntime reads an input narrower than its block directly
 (the kernel of a network's first conv), linear in the width and up to twice the block's cost on a 1x1
 conv at 56x56 (mobilenet_v2's expand convs: 14 input channels ran 0.21 ms, read at the block 0.09).
@@ -47,14 +47,14 @@ def blocked(depthwise: bool, cin: int, cout: int, in_size: int, out_size: int, s
     return cin < step or aligned(cin, in_size)
 
 
-def grid(size: int, step: int, misaligned: bool = True) -> list[int]:
+def grid(size: int, step: int) -> list[int]:
     """Widths timed along one side of a layer of ``size`` channels: every 4 inside the first block
-    (small widths are often not blocked), every block end, and, where blocks are wider than 4 and
-    ``misaligned``, 3 and each block end - 1."""
+    (small widths are often not blocked), every block end, and, where blocks are wider than 4, 3 and
+    each block end - 1 (the unblocked kernels)."""
     ends = [*range(step, size, step), size]
     fine = range(PROBE_STEP, min(step, size), PROBE_STEP)
     slower = []
-    if misaligned and step > PROBE_STEP:
+    if step > PROBE_STEP:
         slower = [e - 1 for e in ends if e % PROBE_STEP == 0] + ([PROBE_STEP - 1] if size > PROBE_STEP else [])
     return sorted({*fine, *ends, *slower})
 
@@ -119,17 +119,28 @@ def _floor(corner: float | None, out: float, inn: float, full: float) -> float:
     return float(min(max((corner * full - out * inn) / denominator, 0.0), 0.9 * min(out, inn, full)))
 
 
-def conv_cost(entry: dict, depthwise: bool, cin: int, cout: int, in_size: int, out_size: int) -> float:
-    """The cost (ms) of a table entry's conv at ``cin`` / ``cout`` kept (``*_size``: its full widths)."""
+def conv_cost(entry: dict, depthwise: bool, cin: int, cout: int, in_size: int, out_size: int,
+              unblocked_input: bool = False) -> float:
+    """The cost (ms) of a table entry's conv at ``cin`` / ``cout`` kept (``*_size``: its full widths);
+    ``unblocked_input``: a misaligned ``cin`` is read on the input curve's misaligned samples."""
     out_on, out_off = _split(entry["out"])
-    out = _line(out_off, cout) if out_off and not aligned(cout, out_size) else _stair(out_on, cout)
+    unblocked_input = (unblocked_input and not depthwise and cin >= entry["step"] and not aligned(cin, in_size)
+                       and bool(_split(entry["in"])[1]))
+    # the misaligned output samples were timed with the input full, on the blocked kernel
+    misaligned_out = out_off and not aligned(cout, out_size) and not unblocked_input
+    out = _line(out_off, cout) if misaligned_out else _stair(out_on, cout)
     if depthwise:
         return out
-    in_on, _ = _split(entry["in"])
+    in_on, in_off = _split(entry["in"])
     full = _stair(out_on, out_size)
     floor = _floor(entry.get("corner"), out_on[0][1], in_on[0][1], full)
     if full - floor <= 1e-12:
         return float(out)
     below = [p for p in entry["in"] if p[0] < entry["step"]] if cin < entry["step"] else []  # direct kernel
-    inn = _line(below, cin) if len(below) > 1 else _stair(in_on, cin)
+    if len(below) > 1:
+        inn = _line(below, cin)
+    elif unblocked_input:
+        inn = _line(in_off, cin)
+    else:
+        inn = _stair(in_on, cin)
     return float(floor + (out - floor) * (inn - floor) / (full - floor))

@@ -20,6 +20,16 @@ its cost. Convs on the unblocked kernels (a misaligned input) are compute-bound 
 five zoo models x 14 plans, seven held out (largest held-out miss over the five 12.4 -> 10.2 %; README,
 "Predictor").
 
+Which kernel a misaligned input gets. onnxruntime runs a plain conv whose kept input width is not a
+multiple of 4 (and at least one block) on its unblocked kernel, which the table's misaligned input
+samples time. Profiled per node (onnxruntime 1.32, 1 thread), such 3x3 convs ran at those samples in
+vgg19 (3.95 ms against 3.98 read on them and 4.66 at the block, network slimming 0.3), resnet56
+(8-11 % above them, 24-34 % above the block) and resnet50 (6-11 % under them, 9-18 % above the block),
+so they are read there (``unblocked_input``); 1x1 convs ran 5-20 % under those samples and within 5 %
+of the block in mobilenet_v2, and convs whose input is a concatenation (densenet40) at about their
+block, so both keep the block reading. On five zoo models x 19 plans timed interleaved, this took the
+largest miss from 17.9 to 11.1 % (vgg19's from 17.9 to 8.2).
+
 ``scale`` and ``constant`` absorb what the tables cannot see (layout conversions between layers,
 residual adds, pooling, each node's dispatch): ``LatencyModel.calibrate`` fits them on whole-model
 runs (``slimbench.pruning.latency_model``).
@@ -29,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -63,17 +74,39 @@ class LatencyModel:
         """One conv's cost (ms, before scale) at ``cin`` input and ``cout`` output channels kept, in a
         model whose weights are ``resident`` (0..1, :meth:`residency`) in the cache."""
         spec = self.specs[name]
-        cost = self.table.cost(spec, cin, cout)
+        step = self.table.entries[spec.key]["step"]
+        on_blocks = blocked(spec.depthwise, cin, cout, spec.in_channels, spec.out_channels, step)
+        unblocked_input = not (on_blocks or spec.depthwise or spec.kernel == (1, 1) or name in self.concatenated_inputs)
+        cost = self.table.cost(spec, cin, cout, unblocked_input)
         bandwidth = self.table.bandwidth_gb_s
         if not bandwidth:
             return cost
         read = spec.weight_bytes(cin, cout) / (bandwidth * 1e6)  # GB/s = 1e6 bytes per ms
         if not self.table.entries[spec.key].get("weights_read"):
             return cost + read
-        step = self.table.entries[spec.key]["step"]
-        if resident > 0 and blocked(spec.depthwise, cin, cout, spec.in_channels, spec.out_channels, step):
+        if resident > 0 and on_blocks:
             cost -= resident * min(read, (1 - HOT_FLOOR) * cost)
         return cost
+
+    @cached_property
+    def concatenated_inputs(self) -> frozenset[str]:
+        """The timed convs whose input joins parts of several sources (other convs' outputs, the model's
+        input): a concatenation, as in a DenseNet. A residual add's output is one source, whole."""
+        sources: dict[int, str] = {}
+        for name in self.specs:
+            rec = self.graph.convs[name]
+            if rec.out_gids is not None:
+                for gid in np.unique(rec.out_gids).tolist():
+                    sources.setdefault(gid, name)
+        found = set()
+        for name in self.specs:
+            rec = self.graph.convs[name]
+            if rec.in_gids is None or self.specs[name].depthwise:
+                continue
+            parts = {sources.get(gid, "") for gid in np.unique(rec.in_gids).tolist()}
+            if len(parts) > 1:
+                found.add(name)
+        return frozenset(found)
 
     def weight_bytes(self, keep_gid: np.ndarray | None = None, removed: frozenset[str] = frozenset()) -> int:
         """float32 weight bytes of the timed convs under a keep mask (what one inference reads)."""

@@ -18,9 +18,9 @@ one layer's width changed costs a whole-model export per point.) Same-shape laye
 What is sampled. Backends work on channel blocks, so latency is a staircase in the kept widths. A
 probe first times the widest conv at every multiple of 4 output channels (up to 64) and picks the
 widest block (16, 8 or 4) at whose ends the cost jumps; every conv is then timed at the ends of those
-blocks, every 4 channels inside the first block and at its full width, once along its output channels
-(input full), there also at 3 and each end - 1 (misaligned outputs run other kernels), and once along
-its input (output full), plus one corner sample (both widths at their smallest aligned) for the floor
+blocks, every 4 channels inside the first block and at its full width, and at 3 and each end - 1
+(misaligned widths run other kernels), once along its output channels (input full) and once along its
+input (output full), plus one corner sample (both widths at their smallest aligned) for the floor
 that small spatial maps need. How the samples are read: ``latency_curves``. Depthwise convs have one
 curve (in = out = groups).
 
@@ -61,7 +61,7 @@ from slimbench.core.atomic import atomic_write_text
 __all__ = ["fastest", "LayerSpec", "LatencyTable", "layer_specs", "build_table", "table_key", "step_ends",
            "default_cache_dir"]
 
-FORMAT = "slimbench.latency-table/5"  # /3: memory bandwidth; /4: timed among copies; /5: misaligned outputs
+FORMAT = "slimbench.latency-table/6"  # /4: timed among copies; /5: misaligned outputs; /6: and inputs
 COPIES_MAX = 8  # copies of a conv in one timed model, at most
 COPIES_MACS = 160_000_000  # multiply-accumulates of one timed model, at most (a run stays a few ms)
 CHUNK = 24  # runners timed together (interleaved) while a table is built
@@ -209,9 +209,10 @@ class LatencyTable:
     measured_points: int = 0
     cached_shapes: int = 0  # layer shapes of the last build_table read from the cache (the rest were measured)
 
-    def cost(self, spec: LayerSpec, cin: int, cout: int) -> float:
+    def cost(self, spec: LayerSpec, cin: int, cout: int, unblocked_input: bool = False) -> float:
         """The conv's cost (ms) at ``cin`` / ``cout`` kept (``latency_curves.conv_cost``)."""
-        return conv_cost(self.entries[spec.key], spec.depthwise, cin, cout, spec.in_channels, spec.out_channels)
+        return conv_cost(self.entries[spec.key], spec.depthwise, cin, cout, spec.in_channels, spec.out_channels,
+                         unblocked_input)
 
     def ends(self, spec: LayerSpec, axis: str = "out", tol: float = 0.03) -> list[int]:
         widths, costs = zip(*self.entries[spec.key][axis], strict=True)
@@ -319,7 +320,7 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
         for spec in missing:
             points += [(spec, w if spec.depthwise else spec.in_channels, w) for w in grid(spec.out_channels, step)]
             if not spec.depthwise:
-                points += [(spec, w, spec.out_channels) for w in grid(spec.in_channels, step, False)
+                points += [(spec, w, spec.out_channels) for w in grid(spec.in_channels, step)
                            if w != spec.in_channels]
             if spec.key in corners:
                 points.append((spec, *corners[spec.key]))
@@ -330,7 +331,7 @@ def build_table(specs: Mapping[str, LayerSpec] | list[LayerSpec], *, backend: st
                    for w in grid(spec.out_channels, step)]
             inn = out if spec.depthwise else [
                 [w, times[(spec.key, w, spec.out_channels)] if w != spec.in_channels else full]
-                for w in grid(spec.in_channels, step, False)]
+                for w in grid(spec.in_channels, step)]
             # timed among copies: the cost includes reading the weights from memory (latency_predict)
             table.entries[spec.key] = {"step": step, "out": out, "in": inn, "weights_read": runner_factory is None}
             if spec.key in corners:

@@ -13,7 +13,6 @@ def test_grid_samples_block_ends_the_first_block_and_the_misaligned_widths():
     assert grid(24, 16) == [3, 4, 8, 12, 15, 16, 23, 24]  # the full width's end - 1 too
     assert grid(3, 16) == [3]  # a stem's RGB input: only its own width
     assert grid(48, 4) == list(range(4, 49, 4))  # no blocks wider than 4: nothing runs off them
-    assert grid(48, 16, misaligned=False) == [4, 8, 12, 16, 32, 48]  # an input curve
 
 
 def test_aligned_widths_are_multiples_of_4_or_the_layers_own():
@@ -40,7 +39,7 @@ def test_a_misaligned_output_runs_the_unblocked_line_and_an_input_its_block():
     # along out at full input: w/16 blocks (rounded up) of 4 input blocks; unblocked 1.5x, linear
     size = 64
     out = [[w, (-(-w // 16) * 4.0) if aligned(w, size) else 1.5 * w / 16 * 4] for w in grid(size, 16)]
-    inn = [[w, -(-w // 16) * 4.0] for w in grid(size, 16, misaligned=False)]
+    inn = [[w, -(-w // 16) * 4.0] for w in grid(size, 16) if aligned(w, size)]
     entry = {"step": 16, "out": out, "in": inn, "corner": 1.0}  # blocked at (4, 4): one block of one
     assert conv_cost(entry, False, 64, 64, 64, 64) == pytest.approx(16.0)
     assert conv_cost(entry, False, 32, 32, 64, 64) == pytest.approx(4.0)
@@ -62,8 +61,8 @@ def test_an_input_narrower_than_one_block_is_read_on_the_direct_kernels_line():
     # onnxruntime reads an input narrower than its block directly, linear in the width and dearer than the
     # block (mobilenet_v2's 1x1 expand convs at 56x56: 14 input channels cost about twice 16 of them)
     size = 64
-    out = [[w, -(-w // 16) * 3.0] for w in grid(size, 16, misaligned=False)]
-    inn = [[w, 0.5 * w if w < 16 else -(-w // 16) * 3.0] for w in grid(size, 16, misaligned=False)]
+    out = [[w, -(-w // 16) * 3.0] for w in grid(size, 16) if aligned(w, size)]
+    inn = [[w, 0.5 * w if w < 16 else -(-w // 16) * 3.0] for w in grid(size, 16) if aligned(w, size)]
     entry = {"step": 16, "out": out, "in": inn}
     assert conv_cost(entry, False, 12, 64, 64, 64) == pytest.approx(6.0)  # a sample
     assert conv_cost(entry, False, 10, 64, 64, 64) == pytest.approx(5.0)  # on the line, not at 12's sample

@@ -6,11 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import slimbench
+from slimbench.analysis.graph import build_graph
 from slimbench.bench.latency_predict import HOT_FLOOR, RESIDENT_ALL, RESIDENT_NONE, LatencyModel
 from slimbench.bench.latency_table import (
     build_table,
+    layer_specs,
     table_key,
 )
 from slimbench.pruning.plan import keep_from_plan
@@ -79,7 +82,7 @@ def test_a_model_whose_weights_fit_in_the_cache_sheds_its_blocked_convs_weight_r
     assert lm.layer_sum() == pytest.approx(HOT_FLOOR * cold)  # every conv on blocks, each floored
     assert lm.layer_sum(names=list(specs)) == pytest.approx(cold)  # a widths search compares table costs
     inner = specs["layer3.0.conv1"]  # 32 -> 64: a misaligned input puts it on the unblocked kernels
-    assert lm.conv_cost("layer3.0.conv1", 30, 64, 1.0) == pytest.approx(table.cost(inner, 30, 64))  # no refund
+    assert lm.conv_cost("layer3.0.conv1", 30, 64, 1.0) == pytest.approx(table.cost(inner, 30, 64, True))  # no refund
     assert lm.conv_cost("layer3.0.conv1", 32, 60, 1.0) < table.cost(inner, 32, 60)  # output padded: blocked
     name, spec = "layer2.0.conv1", specs["layer2.0.conv1"]
     table.bandwidth_gb_s = 1e3  # fast memory: the refund is the read time itself
@@ -97,3 +100,40 @@ def test_a_model_whose_weights_fit_in_the_cache_sheds_its_blocked_convs_weight_r
     kept, removed = keep_from_plan(graph, plan)
     assert lm.weight_bytes(kept, removed) < RESIDENT_ALL / RESIDENT_NONE * weights
     assert lm.residency(lm.weight_bytes(kept, removed)) == 1.0
+
+
+def _conv_bn(cin: int, cout: int, kernel: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class _Joined(nn.Module):
+    """Two convs concatenated into a third, then a 1x1 conv and a 3x3 conv in a chain."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = _conv_bn(3, 24, 3), _conv_bn(3, 24, 3)
+        self.mix = _conv_bn(48, 32, 3)
+        self.point = _conv_bn(32, 32, 1)
+        self.last = _conv_bn(32, 32, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last(self.point(self.mix(torch.cat([self.a(x), self.b(x)], 1))))
+
+
+def test_a_misaligned_input_is_priced_on_the_unblocked_kernel_where_onnxruntime_runs_it(tmp_path):
+    """A 3x3 conv fed by one layer: on the table's misaligned input samples (onnxruntime's unblocked kernel,
+    measured per node in vgg19, resnet56, resnet50); a 1x1 conv, or one whose input is a concatenation
+    (densenet40): at the block, as they ran."""
+    model, x = _Joined().eval(), torch.randn(1, 3, 16, 16)
+    graph = build_graph(model, (x,))
+    specs = layer_specs(model, (x,), graph)
+    table = build_fake_table(specs, FakeBackend(in_penalty=1.4), tmp_path)
+    lm = LatencyModel(table, graph, specs)
+    assert lm.concatenated_inputs == {"mix.0"}
+    unblocked = table.cost(specs["last.0"], 30, 32, unblocked_input=True)
+    assert lm.conv_cost("last.0", 30, 32) == pytest.approx(unblocked)
+    assert unblocked > table.cost(specs["last.0"], 32, 32)
+    for name, cin in (("point.0", 30), ("mix.0", 46)):
+        assert lm.conv_cost(name, cin, 32) == pytest.approx(table.cost(specs[name], cin, 32)), name
+        assert lm.conv_cost(name, cin, 32) < table.cost(specs[name], cin, 32, unblocked_input=True), name
+    assert lm.conv_cost("last.0", 28, 32) == pytest.approx(table.cost(specs["last.0"], 28, 32))  # aligned: blocked

@@ -70,7 +70,23 @@ def test_misaligned_widths_are_read_on_the_unblocked_kernels_line(resnet20, tmp_
     assert table.cost(spec, 64, 20) == table.cost(spec, 64, 24)  # a multiple of 4 costs its block
     assert table.cost(spec, 21, 64) == table.cost(spec, 23, 64) == table.cost(spec, 24, 64)  # 8-channel blocks
     entry = table.entries[spec.key]
-    assert {w for w, _ in entry["out"]} > {w for w, _ in entry["in"]} and 23 not in {w for w, _ in entry["in"]}
+    assert {w for w, _ in entry["out"]} == {w for w, _ in entry["in"]} >= {3, 7, 15, 23, 31, 63}
+
+
+def test_an_unblocked_input_is_read_on_the_misaligned_input_samples(resnet20, tmp_path):
+    # a plain conv whose input width is off the blocks (and at least one block) runs an unblocked kernel,
+    # linear in that width, its output padded to the blocks: read so when the caller says the conv runs it
+    *_, specs = resnet20
+    fake = FakeBackend(overhead=2e-5, in_penalty=1.4)
+    table = build_fake_table(specs, fake, tmp_path)
+    spec = specs["layer3.1.conv1"]  # 64 -> 64
+    for cin, cout in [(23, 64), (37, 21), (45, 32), (50, 61), (63, 6)]:
+        expected = fake.cost(spec, cin, cout) * 1e3
+        assert table.cost(spec, cin, cout, unblocked_input=True) == pytest.approx(expected, rel=1e-6), (cin, cout)
+        assert table.cost(spec, cin, cout) != pytest.approx(expected, rel=1e-3)  # at the block unless told
+    assert table.cost(spec, 37, 64, unblocked_input=True) > table.cost(spec, 40, 64)  # dearer than the block end
+    for cin, cout in [(24, 64), (64, 21), (5, 30)]:  # aligned, or below one block: the flag changes nothing
+        assert table.cost(spec, cin, cout, unblocked_input=True) == table.cost(spec, cin, cout)
 
 
 def test_a_width_independent_overhead_is_separated_by_the_corner_sample(resnet20, tmp_path):

@@ -111,7 +111,7 @@ def resolve_latency(model: nn.Module, inputs: tuple[Tensor, ...], options: Mutab
         return  # nothing to build, or a model (checked by check_options)
     settings = dict(given or {})
     check_latency_settings(settings)
-    # Calibration times four whole models (seconds to minutes); only a latency target needs it. Widths
+    # Calibration times nine whole models (seconds to minutes); only a latency target needs it. Widths
     # under a ratio or MACs budget come from the table alone, so a cached table makes such a plan instant.
     settings.setdefault("calibrate", options.get("target_latency") is not None)
     options["latency"] = latency_model(model, inputs, prune_fn=prune_fn, graph=graph,

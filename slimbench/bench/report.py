@@ -26,12 +26,12 @@ from tqdm import tqdm
 
 from slimbench.analysis.graph import DEFAULT_RESIDUAL
 from slimbench.bench.latency import environment, require_backends, speedup, speedup_iqr, time_models
+from slimbench.bench.report_latency import equal_latency_options, latency_note, latency_tables, planned
 from slimbench.bench.variants import (
     DEFAULT_RATIOS,
     METHODS,
     apply_variant,
     count_model,
-    latency_reference,
     variants_for,
 )
 from slimbench.pruning.options import check_latency_settings
@@ -250,7 +250,8 @@ def _report_model(name: str, s: ReportSettings, bar) -> tuple[list[dict], np.nda
         bar.set_description(f"{name}: {variant.label} {variant.ratio:g}"
                             + (f" (latency model on {latency_backend(s.backends)})" if aware else ""))
         if aware and equal_latency is None:
-            equal_latency, matched = _equal_latency_options(name, model, x, s, plans, variant.ratio)
+            equal_latency, matched = equal_latency_options(name, model, x, s.latency_options()["latency"], plans,
+                                                           variant.ratio)
         pruned, plan = apply_variant(model, x, variant, equal_latency if aware else None)
         if plan is not None and variant.method == "network_slimming" and variant.residual == DEFAULT_RESIDUAL \
                 and variant.branches == "keep" and variant.round_to == s.round_to and not aware:
@@ -258,7 +259,7 @@ def _report_model(name: str, s: ReportSettings, bar) -> tuple[list[dict], np.nda
         if plan is not None:
             plans[variant.key(name)] = getattr(pruned, "slimbench_plan", plan)  # as verified by prune
         if aware:
-            matched["rows"][variant.label] = _planned(plans[variant.key(name)])
+            matched["rows"][variant.label] = planned(plans[variant.key(name)])
         if t["finetune_steps"] and variant.method != "unpruned":
             finetune(pruned, train_loader, epochs=1, steps_per_epoch=t["finetune_steps"], lr=t["finetune_lr"],
                      milestones=(1.0,), progress=False, seed=s.seed)
@@ -278,7 +279,7 @@ def _report_model(name: str, s: ReportSettings, bar) -> tuple[list[dict], np.nda
     _timed(rows, timings, rows[0]["case"])
     if matched:
         table = next(p for p in plans.values() if p.options.get("target_latency") is not None).options["latency"]
-        notes.append(_latency_note(name, table["table"], matched))
+        notes.append(latency_note(name, table["table"], matched))
     if t["finetune_steps"]:
         notes.append(f"{name}: each pruned model fine-tuned {t['finetune_steps']} steps (batch {s.train_batch}, "
                      f"lr {t['finetune_lr']:g}) before evaluation")
@@ -286,76 +287,6 @@ def _report_model(name: str, s: ReportSettings, bar) -> tuple[list[dict], np.nda
                  f"{s.threads} thread(s); accuracy on the {dataset} test split")
     return (rows, _gammas(model), {r: t for r, t in thresholds.items() if t is not None}, notes, plans,
             {name: matched} if matched else {})
-
-
-def _equal_latency_options(name: str, model: nn.Module, x: torch.Tensor, s: ReportSettings,
-                           plans: dict[str, PruningPlan], ratio: float) -> tuple[dict, dict]:
-    """Plan options of the latency-aware rows, and what they are matched to: ``target_latency`` = the
-    measured latency fraction (pruned / unpruned, interleaved, fastest samples) of network slimming
-    ``round_to=8`` at ``ratio`` (planned before them), on the report's latency backend, batch and threads.
-    One calibrated latency model serves that measurement and every row's search and real checks;
-    ``matched["rows"]`` gets, per row label, where its search ended (``_planned``)."""
-    from slimbench.pruning.latency_model import latency_model
-
-    reference = latency_reference([ratio]).key(name)
-    settings = {k: v for k, v in s.latency_options()["latency"].items() if k != "calibrate"}
-    lm = latency_model(model, x, calibrate=True, **settings)
-    target = float(lm.measure_fn(plans[reference]))
-    matched = {"reference": reference, "reference_measured_ratio": target, "target_latency": min(target, 1.0),
-               "rows": {}}
-    return {"target_latency": matched["target_latency"], "latency": lm}, matched
-
-
-def _planned(plan: PruningPlan) -> dict:
-    """What the latency-aware plan's search ended at (measured against the unpruned model when planned)."""
-    info = plan.options["latency"]
-    return {"goal_fraction": info.get("goal_fraction"), "predicted_ratio": info.get("predicted_ratio"),
-            "measured_ratio": info.get("measured_ratio")}
-
-
-ROW_MEANING = {  # what each latency-aware row is, for the caption
-    "network_slimming+latency-widths": "network slimming's gamma with every layer at the end of a measured latency "
-                                       "step, chosen by the most gamma kept per millisecond (widths='latency')",
-    "network_slimming+latency-steps": "network slimming's channels with each layer's kept count moved to the "
-                                      "nearest end of its measured latency step (widths='steps')",
-}
-
-
-def _latency_note(name: str, table: dict, matched: dict) -> str:
-    """The caption's sentence on the latency-aware rows of ``name``: what each is, the latency they were
-    planned to, what each plan measured, a miss flagged, and where the layer table came from."""
-    how = ("read from the cache" if table["from_cache"] else
-           f"built in {table['build_s']:.1f} s ({table['measured_points']} points timed, {table['cached_shapes']} "
-           f"of {table['shapes']} layer shapes from the cache)")
-    from slimbench.pruning.latency_aware import TOLERANCE, landed
-
-    reference = matched["reference"].split("/", 1)[1].replace("/", " at ")
-    parts = []
-    for label, planned in matched["rows"].items():
-        missed = ""
-        if not landed(planned["measured_ratio"], matched["target_latency"]):
-            # a miss tilts the comparison: a faster plan had less time to keep accuracy, a slower one more
-            faster = planned["measured_ratio"] < matched["target_latency"]
-            missed = (f": MISSED by more than {TOLERANCE:.0%}, not at equal latency; it is "
-                      f"{'faster' if faster else 'slower'}, so the accuracy comparison favours "
-                      f"{reference.split(' at ')[0] if faster else 'it'}")
-        meaning = ROW_MEANING.get(label, label)
-        parts.append(f"+{label.split('+')[-1]} = {meaning}, measured {planned['measured_ratio']:.3f} when "
-                     f"planned{missed}")
-    return (f"{name}: " + "; ".join(parts) + f"; each planned to the latency of {reference} (target_latency "
-            f"{matched['target_latency']:.3f} of the unpruned model, measured) ({table['backend']}, "
-            f"{table['threads']} thread(s), batch {table['batch']}; layer table {how})")
-
-
-def _latency_tables(rows: list[dict], plans: dict[str, PruningPlan], matched: dict[str, dict]) -> dict[str, dict]:
-    """model -> the latency table behind its latency-aware rows (run record): key, build time, cache use,
-    and the equal-latency match (``equal_latency``: reference case, its measured fraction, the target,
-    and per row label (``rows``) the goal, predicted and measured fractions its plan ended at)."""
-    aware = {r["model"]: plans[r["case"]].options["latency"] for r in rows
-             if r["case"] in plans and plans[r["case"]].options.get("target_latency") is not None}
-    return {model: {**info["table"], "predicted_calibrated": True,
-                    **({"equal_latency": matched[model]} if model in matched else {})}
-            for model, info in aware.items()}
 
 
 def _check(settings: ReportSettings) -> str:
@@ -403,5 +334,5 @@ def build_report(settings: ReportSettings) -> Report:
            # per model, the recipe it was trained and fine-tuned with (TRAINING, its family's entry, explicit settings)
            "training": {name: settings.training(_info(name, dataset).family) for name in settings.models}}
     if settings.latency_aware:
-        run["latency_tables"] = _latency_tables(rows, plans, matched)
+        run["latency_tables"] = latency_tables(rows, plans, matched)
     return Report(rows, caption, gammas, time.perf_counter() - start, run, thresholds, plans)

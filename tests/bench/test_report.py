@@ -311,14 +311,14 @@ def test_default_report_latency_aware_widths_match_round_to_8_at_equal_latency()
 
 
 def test_the_caption_says_when_the_latency_aware_plan_missed_round8s_latency():
-    from slimbench.bench.report import _latency_note
+    from slimbench.bench.report_latency import latency_note
 
     table = {"from_cache": True, "backend": "ort", "threads": 1, "batch": 1}
     widths, steps = "network_slimming+latency-widths", "network_slimming+latency-steps"
 
     def note(widths_measured: float, steps_measured: float = 0.22) -> str:
         rows = {widths: {"measured_ratio": widths_measured}, steps: {"measured_ratio": steps_measured}}
-        return _latency_note("vgg19", table, {"reference": "vgg19/network_slimming+round8/0.5",
+        return latency_note("vgg19", table, {"reference": "vgg19/network_slimming+round8/0.5",
                                               "target_latency": 0.22, "rows": rows})
 
     assert "MISSED" not in note(0.23)  # 4.5 % off: within the 6 % tolerance

@@ -124,14 +124,14 @@ def conv_cost(entry: dict, depthwise: bool, cin: int, cout: int, in_size: int, o
     """The cost (ms) of a table entry's conv at ``cin`` / ``cout`` kept (``*_size``: its full widths);
     ``unblocked_input``: a misaligned ``cin`` is read on the input curve's misaligned samples."""
     out_on, out_off = _split(entry["out"])
+    in_on, in_off = _split(entry["in"])
     unblocked_input = (unblocked_input and not depthwise and cin >= entry["step"] and not aligned(cin, in_size)
-                       and bool(_split(entry["in"])[1]))
+                       and bool(in_off))
     # the misaligned output samples were timed with the input full, on the blocked kernel
     misaligned_out = out_off and not aligned(cout, out_size) and not unblocked_input
     out = _line(out_off, cout) if misaligned_out else _stair(out_on, cout)
     if depthwise:
         return out
-    in_on, in_off = _split(entry["in"])
     full = _stair(out_on, out_size)
     floor = _floor(entry.get("corner"), out_on[0][1], in_on[0][1], full)
     if full - floor <= 1e-12:

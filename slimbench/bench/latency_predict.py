@@ -25,10 +25,10 @@ multiple of 4 (and at least one block) on its unblocked kernel, which the table'
 samples time. Profiled per node (onnxruntime 1.32, 1 thread), such 3x3 convs ran at those samples in
 vgg19 (3.95 ms against 3.98 read on them and 4.66 at the block, network slimming 0.3), resnet56
 (8-11 % above them, 24-34 % above the block) and resnet50 (6-11 % under them, 9-18 % above the block),
-so they are read there (``unblocked_input``); 1x1 convs ran 5-20 % under those samples and within 5 %
-of the block in mobilenet_v2, and convs whose input is a concatenation (densenet40) at about their
-block, so both keep the block reading. On five zoo models x 19 plans timed interleaved, this took the
-largest miss from 17.9 to 11.1 % (vgg19's from 17.9 to 8.2).
+so they are read there (``unblocked_input``); 1x1 convs (mobilenet_v2, resnet50) ran 5-25 % under
+those samples and within 17 % of the block either way, and convs whose input is a concatenation
+(densenet40) at about their block, so both keep the block reading. On five zoo models x 19 plans
+timed interleaved, this took the largest miss from 17.9 to 11.1 % (vgg19's from 17.9 to 8.2).
 
 ``scale`` and ``constant`` absorb what the tables cannot see (layout conversions between layers,
 residual adds, pooling, each node's dispatch): ``LatencyModel.calibrate`` fits them on whole-model

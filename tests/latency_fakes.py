@@ -18,14 +18,16 @@ STEP = 8
 
 class FakeBackend:
     """Runners that advance a simulated clock by onnxruntime's shape of cost: ceil(cin/8) * ceil(cout/8)
-    blocks, except that an output width that is not a multiple of 4 (nor the layer's own) runs an
-    unblocked kernel, linear in it and ``penalty`` times the blocks' rate; with ``in_penalty``, so does
-    a plain conv's input width off the blocks from one block up (``in_penalty`` times the rate), its
-    output then padded to the blocks."""
+    blocks, except that a depthwise conv whose width is not a multiple of 4 (nor the layer's own) runs an
+    unblocked kernel, linear in it and ``penalty`` times the blocks' rate (a plain conv pads its output to
+    the blocks, unless ``pad_outputs=False`` puts it on that kernel too); with ``in_penalty``, a plain conv's
+    input width off the blocks from one block up runs an unblocked kernel (``in_penalty`` times the rate),
+    its output padded to the blocks."""
 
     def __init__(self, step: int = STEP, overhead: float = 0.0, penalty: float = 1.5,
-                 in_penalty: float | None = None) -> None:
+                 in_penalty: float | None = None, pad_outputs: bool = True) -> None:
         self.now = 0.0
+        self.pad_outputs = pad_outputs
         self.step = step
         self.overhead = overhead
         self.penalty = penalty
@@ -39,7 +41,8 @@ class FakeBackend:
         # a constant plus a bilinear term: the table's floor + rank-1 model is then exact
         unblocked_input = (self.in_penalty is not None and not spec.depthwise and cin % 4 != 0 and cin >= self.step
                            and cin != spec.in_channels)
-        blocked = unblocked_input or cout % 4 == 0 or cout == spec.out_channels
+        padded = unblocked_input or (self.pad_outputs and not spec.depthwise)
+        blocked = padded or cout % 4 == 0 or cout == spec.out_channels
         outs = math.ceil(cout / self.step) if blocked else self.penalty * cout / self.step
         ins = self.in_penalty * cin / self.step if unblocked_input else math.ceil(cin / self.step)
         work = outs * (1 if spec.depthwise else ins)

@@ -151,10 +151,14 @@ class LatencyModel:
         return self.scale * self.layer_sum(keep_gid, removed) + self.constant
 
     def calibrate(self, points: list[tuple[float, float]]) -> LatencyModel:
-        """Fit scale and constant to ``[(layer_sum, measured ms), ...]`` (one point: constant only)."""
+        """Fit scale and constant to ``[(layer_sum, measured ms), ...]`` (one point: constant only),
+        minimising the *relative* errors: the calibration plans span 0.01-1x the unpruned latency, and an
+        absolute fit let the largest decide the constant, which then overpriced the smallest (README,
+        "Predictor")."""
         sums, measured = (np.asarray(v, dtype=float) for v in zip(*points, strict=True))
         if len(points) >= 2 and np.ptp(sums) > 0:
-            scale, constant = np.polyfit(sums, measured, 1)
+            design = np.stack([sums / measured, 1 / measured], axis=1)
+            scale, constant = np.linalg.lstsq(design, np.ones_like(measured), rcond=None)[0]
             if scale > 0:
                 self.scale, self.constant = float(scale), float(constant)
                 return self

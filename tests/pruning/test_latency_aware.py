@@ -47,8 +47,9 @@ def test_calibration_keeps_the_models_it_timed_and_fits_them(tmp_path):
     assert set(lm.calibration) == {"full", *(f"uniform {r} round_to={k}" for r in CALIBRATION_RATIOS
                                              for k in sorted({1, step}))}
     assert lm.calibration["full"] == (pytest.approx(lm.layer_sum()), lm.reference_ms)
-    residuals = [lm.scale * s + lm.constant - ms for s, ms in lm.calibration.values()]
-    assert sum(residuals) == pytest.approx(0.0, abs=1e-9 * len(residuals) + 1e-9)  # least squares with a constant
+    # least squares on relative errors with a constant: the residuals weighted by 1 / measured sum to zero
+    weighted = [((lm.scale * s + lm.constant) / ms - 1) / ms for s, ms in lm.calibration.values()]
+    assert sum(weighted) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_variants_offer_the_equal_latency_pair_on_request():
@@ -152,6 +153,17 @@ def test_target_latency_lands_on_the_predicted_budget(resnet20, stub):
         assert 0.45 <= ratio <= 0.5, (widths, ratio)
         assert plan.options["latency"]["predicted_ratio"] == pytest.approx(ratio)
         assert plan.options["target_latency"] == 0.5 and plan.options["widths"] == widths
+
+
+def test_a_calibrated_target_is_a_fraction_of_the_measured_unpruned_latency(resnet20, stub):
+    # the calibration timed the unpruned model at 0.8x its prediction: half of that is 0.4 of the prediction
+    model, x, graph, _ = resnet20
+    stub.reference_ms = 0.8 * stub.predict()
+    plan = slimbench.plan(model, x, target_latency=0.5, latency=stub)
+    keep, removed = keep_from_plan(graph, plan)
+    assert plan.options["latency"]["predicted_ratio"] == pytest.approx(stub.predict(keep, removed) / stub.reference_ms)
+    assert 0.45 <= plan.options["latency"]["predicted_ratio"] <= 0.5
+    assert stub.predict(keep, removed) / stub.predict() <= 0.4
 
 
 def test_target_latency_corrects_with_the_real_check(resnet20, stub):

@@ -2,7 +2,7 @@
 
 ``slimbench.plan`` and ``Analysis.plan`` call :func:`resolve_latency` when ``target_latency`` or
 ``widths="latency"`` is asked without a ready ``latency=`` model: the layer table is measured (or
-read from the cache), then calibrated (least squares: scale and constant) on whole-model runs timed
+read from the cache), then calibrated (scale and constant, least squares on relative errors) on whole-model runs timed
 interleaved: the unpruned model and uniformly pruned ones at ratios 0.3, 0.5, 0.7, 0.9, each once as
 is and once with widths on the table's blocks (``round_to`` = its step), every time the fastest
 interleaved sample (``latency_table.fastest``). Why 0.9: without it, plans far below 0.7's latency

@@ -153,7 +153,7 @@ class LatencyModel:
     def calibrate(self, points: list[tuple[float, float]]) -> LatencyModel:
         """Fit scale and constant to ``[(layer_sum, measured ms), ...]`` (one point: constant only),
         minimising the *relative* errors: the calibration plans span 0.01-1x the unpruned latency, and an
-        absolute fit let the largest decide the constant, which then overpriced the smallest (README,
+        absolute fit let the largest decide the constant, which then mispriced the smallest (README,
         "Predictor")."""
         sums, measured = (np.asarray(v, dtype=float) for v in zip(*points, strict=True))
         if len(points) >= 2 and np.ptp(sums) > 0:

@@ -278,8 +278,8 @@ def _report_model(name: str, s: ReportSettings, bar) -> tuple[list[dict], np.nda
                           min_time_s=s.latency_time)
     _timed(rows, timings, rows[0]["case"])
     if matched:
-        table = next(p for p in plans.values() if p.options.get("target_latency") is not None).options["latency"]
-        notes.append(latency_note(name, table["table"], matched))
+        aware_plan = next(p for p in plans.values() if p.options.get("target_latency") is not None)
+        notes.append(latency_note(name, aware_plan.options["latency"]["table"], matched))
     if t["finetune_steps"]:
         notes.append(f"{name}: each pruned model fine-tuned {t['finetune_steps']} steps (batch {s.train_batch}, "
                      f"lr {t['finetune_lr']:g}) before evaluation")

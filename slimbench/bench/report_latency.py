@@ -57,16 +57,16 @@ def latency_note(name: str, table: dict, matched: dict) -> str:
 
     reference = matched["reference"].split("/", 1)[1].replace("/", " at ")
     parts = []
-    for label, planned in matched["rows"].items():
+    for label, ended in matched["rows"].items():
         missed = ""
-        if not landed(planned["measured_ratio"], matched["target_latency"]):
+        if not landed(ended["measured_ratio"], matched["target_latency"]):
             # a miss tilts the comparison: a faster plan had less time to keep accuracy, a slower one more
-            faster = planned["measured_ratio"] < matched["target_latency"]
+            faster = ended["measured_ratio"] < matched["target_latency"]
             missed = (f": MISSED by more than {TOLERANCE:.0%}, not at equal latency; it is "
                       f"{'faster' if faster else 'slower'}, so the accuracy comparison favours "
                       f"{reference.split(' at ')[0] if faster else 'it'}")
         meaning = ROW_MEANING.get(label, label)
-        parts.append(f"+{label.split('+')[-1]} = {meaning}, measured {planned['measured_ratio']:.3f} when "
+        parts.append(f"+{label.split('+')[-1]} = {meaning}, measured {ended['measured_ratio']:.3f} when "
                      f"planned{missed}")
     return (f"{name}: " + "; ".join(parts) + f"; each planned to the latency of {reference} (target_latency "
             f"{matched['target_latency']:.3f} of the unpruned model, measured) ({table['backend']}, "

@@ -5,13 +5,13 @@
 read from the cache), then calibrated (scale and constant, least squares on relative errors) on
 whole-model runs timed interleaved: the unpruned model and uniformly pruned ones at ratios 0.3, 0.5,
 0.7, 0.9, each once as is and once with widths on the table's blocks (``round_to`` = its step), every
-time the fastest interleaved sample (``latency_table.fastest``). Why 0.9: without it, plans far below 0.7's latency
-were extrapolated; on five zoo models x 24 plans timed interleaved, mobilenet_v2's smallest plans
-(0.9-2.5 ms) were 14-44 % overpriced and densenet40's network slimming 0.8 18 % (with 0.9: 8.4 and
-8.3 % the largest misses). Why both: the table cannot see layout conversions
-between layers (misaligned plans pay them) nor what an off-block input costs; fitted on misaligned
-plans only, the constant absorbed those and overpriced small blocked plans (mobilenet_v2's
-latency-aware plan by 23 %); on blocked plans only, densenet40's misaligned plans were 35 % off.
+time the fastest interleaved sample (``latency_table.fastest``). Why 0.9: without it, plans far below
+0.7's latency were extrapolated; on five zoo models x 24 plans timed interleaved, mobilenet_v2's
+smallest plans (0.9-2.5 ms) were 14-44 % overpriced and densenet40's network slimming 0.8 18 % (with
+0.9: 8.4 and 8.3 % the largest misses). Why both: the table cannot see layout conversions between
+layers (misaligned plans pay them) nor what an off-block input costs; fitted on misaligned plans only,
+the constant absorbed those and overpriced small blocked plans (mobilenet_v2's latency-aware plan by
+23 %); on blocked plans only, densenet40's misaligned plans were 35 % off.
 The pruning function is passed in: this module sits between ``plan`` and ``surgery`` and imports
 neither's caller.
 """
